@@ -1,0 +1,51 @@
+/*
+ * api: one file per resource (images, health and metrics, later jobs and
+ * transform), JSON in and out. Maps domain errors to HTTP in one table
+ * (problem.c). Handlers follow http.h's two-phase rule: cheap checks on the
+ * I/O thread, CPU and disk work on the processing pool.
+ */
+#ifndef API_API_H
+#define API_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "blob/blob.h"
+#include "http/http.h"
+#include "ops/ops.h"
+#include "store/store.h"
+#include "util/util.h"
+
+/* What every handler shares (read-only after start). */
+struct api_ctx {
+    struct store *store;       /* metadata */
+    struct blob_store *blobs;  /* bytes */
+    struct ops_limits limits;  /* pixel limits and deadline */
+    bool variant_cache;        /* --variant-cache */
+};
+
+/* The route table of the public API (DESIGN §3). */
+const struct http_route *api_routes(size_t *n);
+/* Registers metric descriptions and render hooks. */
+void api_metrics_init(struct api_ctx *ctx);
+
+/* The one table from domain errors to HTTP: status, problem type, title. */
+void api_error_map(enum util_err code, int *status, const char **type, const char **title);
+/* RFC 9457 problem JSON (keys type, title, status, detail; detail omitted
+ * when NULL). The caller frees the string with free(). */
+char *api_problem_json(int status, const char *type, const char *title, const char *detail);
+/* Answers req with the problem for err (logs internal errors with the
+ * request id). */
+void api_respond_error(struct http_request *req, const struct util_error *err);
+
+/* Handlers (images.c, health.c). */
+enum http_next api_images_create(struct http_request *req, void *ctx);
+enum http_next api_images_get(struct http_request *req, void *ctx);
+enum http_next api_images_info(struct http_request *req, void *ctx);
+enum http_next api_images_list(struct http_request *req, void *ctx);
+enum http_next api_images_delete(struct http_request *req, void *ctx);
+enum http_next api_healthz(struct http_request *req, void *ctx);
+enum http_next api_readyz(struct http_request *req, void *ctx);
+enum http_next api_metrics(struct http_request *req, void *ctx);
+
+#endif

@@ -1,0 +1,189 @@
+/*
+ * `image-server serve`: the API, the sweeper (and, with the job queue, the
+ * embedded workers) in one process on the embedded defaults.
+ *
+ * Sizing (DESIGN §6): one processing pool of --concurrency threads (one per
+ * core by default) runs every CPU or disk step of a request; libvips gets
+ * one thread per image inside it, so the cores are shared by images, not
+ * oversubscribed by both.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "blob/blob.h"
+#include "cmd/cmd.h"
+#include "http/http.h"
+#include "ops/ops.h"
+#include "store/store.h"
+#include "util/util.h"
+#include "worker/worker.h"
+
+/* Creates the folder that will hold an sqlite: database file. */
+static void make_parent(const char *url)
+{
+    if (strncmp(url, "sqlite:", 7) != 0)
+        return;
+    char *path = strdup(url + 7);
+    if (path == NULL)
+        return;
+    char *slash = strrchr(path, '/');
+    if (slash && slash != path) {
+        *slash = '\0';
+        for (char *p = path + 1; *p; p++) {
+            if (*p == '/') {
+                *p = '\0';
+                mkdir(path, 0755);
+                *p = '/';
+            }
+        }
+        mkdir(path, 0755);
+    }
+    free(path);
+}
+
+int cmd_serve(int argc, char **argv, const char *argv0)
+{
+    struct util_config cfg;
+    char errbuf[512];
+    int argi = 1;
+    switch (util_config_parse(&cfg, UTIL_CMD_SERVE, "serve", argc, argv, &argi, errbuf,
+                              sizeof(errbuf))) {
+    case UTIL_CONFIG_HELP:
+        return 0;
+    case UTIL_CONFIG_ERROR:
+        fprintf(stderr, "image-server: %s\n", errbuf);
+        return 2;
+    case UTIL_CONFIG_OK:
+        break;
+    }
+    if (argi < argc) {
+        fprintf(stderr, "image-server: serve: unexpected argument '%s'\n", argv[argi]);
+        util_config_free(&cfg);
+        return 2;
+    }
+
+    /* Signals go to the main thread only: block them before any thread
+     * starts, then sigwait below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    struct util_error err = {0};
+    struct store *store = NULL;
+    struct blob_store *blobs = NULL;
+    struct util_pool *pool = NULL;
+    struct http_server *srv = NULL;
+    struct worker_sweeper *sweeper = NULL;
+
+    int cores = util_cores();
+    int concurrency = cfg.concurrency > 0 ? (int)cfg.concurrency : cores;
+    int queue_max = cfg.queue_max > 0 ? (int)cfg.queue_max : 4 * concurrency;
+    int io_threads = cfg.http_threads > 0 ? (int)cfg.http_threads : (cores > 1 ? cores : 1);
+
+    if (ops_init(argv0, 1, &err) != 0)
+        goto fail;
+    make_parent(cfg.database);
+    store = store_open(cfg.database, &err);
+    if (store == NULL || store_migrate(store, &err) != 0)
+        goto fail;
+    blobs = blob_open(cfg.blobs, &err);
+    if (blobs == NULL)
+        goto fail;
+    pool = util_pool_new(concurrency, queue_max, "processing");
+    if (pool == NULL) {
+        util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the processing pool");
+        goto fail;
+    }
+    struct api_ctx ctx = {
+        .store = store,
+        .blobs = blobs,
+        .limits = {.max_pixels = cfg.max_pixels,
+                   .max_pixels_progressive = cfg.max_pixels_progressive,
+                   .max_output_pixels = cfg.max_output_pixels,
+                   .timeout_ms = cfg.timeout_ms},
+        .variant_cache = cfg.variant_cache,
+    };
+    api_metrics_init(&ctx);
+    size_t nroutes;
+    const struct http_route *routes = api_routes(&nroutes);
+    struct http_server_config hc = {
+        .listen = cfg.listen,
+        .io_threads = io_threads,
+        .pool = pool,
+        .max_connections = cfg.max_connections,
+        .max_client_connections = cfg.max_client_connections,
+        .limit_exempt = cfg.limit_exempt,
+        .idle_timeout_ms = cfg.idle_timeout_ms,
+        .max_body_bytes = cfg.max_body_bytes,
+        .routes = routes,
+        .nroutes = nroutes,
+        .ctx = &ctx,
+    };
+    srv = http_server_start(&hc, &err);
+    if (srv == NULL)
+        goto fail;
+    sweeper = worker_sweeper_start(store, blobs, cfg.sweep_interval_ms, cfg.blob_grace_ms);
+    if (sweeper == NULL) {
+        util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the sweeper");
+        goto fail;
+    }
+    {
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s", cfg.listen);
+        char *colon = strrchr(addr, ':');
+        if (colon)
+            snprintf(colon + 1, sizeof(addr) - (size_t)(colon + 1 - addr), "%d",
+                     http_server_port(srv));
+        util_info("listening on %s (image-server %s, libvips %s, %d processing threads, "
+                  "queue %d, database %s, blobs %s)",
+                  addr, IMAGE_SERVER_VERSION, ops_vips_version(), concurrency, queue_max,
+                  cfg.database, cfg.blobs);
+    }
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    util_info("received %s: stopping (in-flight requests have %lld ms)", strsignal(sig),
+              (long long)cfg.shutdown_timeout_ms);
+    int abandoned = http_server_stop(srv, cfg.shutdown_timeout_ms);
+    srv = NULL;
+    worker_sweeper_stop(sweeper);
+    sweeper = NULL;
+    int still = util_pool_stop(pool, 1000);
+    if (abandoned > 0 || still > 0) {
+        /* Threads are still inside libvips: leave without tearing down what
+         * they use. Everything acknowledged is already durable. */
+        util_warn("stopped with %d request(s) still processing", still);
+        fflush(NULL);
+        _exit(0);
+    }
+    util_pool_free(pool);
+    pool = NULL;
+    util_info("stopped");
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "image-server: serve: %s\n", err.detail);
+out:
+    if (srv)
+        http_server_stop(srv, 0);
+    worker_sweeper_stop(sweeper);
+    if (pool) {
+        util_pool_stop(pool, 0);
+        util_pool_free(pool);
+    }
+    blob_close(blobs);
+    store_close(store);
+    util_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,40 @@
+/* image-server: dispatches to a subcommand (src/cmd/), nothing else. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+#include "ops/ops.h"
+#include "util/util.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: image-server COMMAND [FLAGS]\n\n"
+                 "commands:\n"
+                 "  serve      API + sweeper in one process (SQLite + a blob folder)\n\n"
+                 "image-server --version       print the version\n"
+                 "image-server COMMAND --help  list the command's flags and defaults\n\n");
+    util_config_print_help(UTIL_CMD_SERVE, "serve");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        if (ops_init(argv[0], 1, NULL) != 0)
+            return 1;
+        printf("image-server %s (libvips %s)\n", IMAGE_SERVER_VERSION, ops_vips_version());
+        return 0;
+    }
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(argc - 1, argv + 1, argv[0]);
+    fprintf(stderr, "image-server: unknown command '%s' (see image-server --help)\n", cmd);
+    return 2;
+}
