@@ -113,7 +113,8 @@ void http_respond_problem(struct http_request *req, int status, const char *type
 
 /* ---- multipart/form-data ------------------------------------------------- */
 
-/* One part of a multipart/form-data body; pointers point into the body. */
+/* One part of a multipart/form-data body. data points into the body; the
+ * strings are per-thread copies (see http_multipart_find). */
 struct http_part {
     const char *name;         /* form field name (NUL-terminated copy in the parser) */
     const char *filename;     /* filename or NULL */

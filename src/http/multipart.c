@@ -26,8 +26,10 @@
 /* RFC 2046 5.1.1: a boundary is 1 to 70 characters. */
 #define BOUNDARY_MAX 70
 
-/* Strings of the part returned last on this thread. A header value is
- * shorter than the header section, so these can never overflow. */
+/* The strings of the part returned last on this thread: valid until the
+ * next http_multipart_find call on the same thread, which overwrites them.
+ * A header value is shorter than the header section, so they cannot
+ * overflow. 24 KiB of TLS per thread that ever parses a body. */
 static _Thread_local char tls_name[HEADERS_MAX + 1];
 static _Thread_local char tls_filename[HEADERS_MAX + 1];
 static _Thread_local char tls_content_type[HEADERS_MAX + 1];
@@ -78,7 +80,7 @@ static bool token_is(const char *s, size_t n, const char *lit)
 static void set_detail(char *detail, size_t detail_len, const char *msg)
 {
     if (detail != NULL && detail_len > 0)
-        snprintf(detail, detail_len, "%s", msg);
+        (void)snprintf(detail, detail_len, "%s", msg);
 }
 
 /* ---- a cursor over a header value --------------------------------------- */
@@ -488,7 +490,11 @@ int http_multipart_find(const void *body, size_t len, const char *boundary, cons
         msg = "invalid multipart boundary";
         goto malformed;
     }
-    memcpy(delim, "\r\n--", 4);
+    /* Not a C string: compared with memcmp/memmem over dlen bytes. */
+    delim[0] = '\r';
+    delim[1] = '\n';
+    delim[2] = '-';
+    delim[3] = '-';
     memcpy(delim + 4, boundary, blen);
     dlen = 4 + blen;
     if (b == NULL)

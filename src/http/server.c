@@ -995,12 +995,13 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
         flags |= MHD_USE_IPv6;
     unsigned io = cfg->io_threads > 0 ? (unsigned)cfg->io_threads : 1;
     srv->daemon = MHD_start_daemon(
-        flags, 0, accept_policy, srv, access_handler, srv, MHD_OPTION_SOCK_ADDR,
+        flags, 0, accept_policy, srv, access_handler, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        srv, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&ss, MHD_OPTION_URI_LOG_CALLBACK, uri_log, srv,
         MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_NOTIFY_CONNECTION,
         notify_connection, srv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((cfg->idle_timeout_ms + 999) / 1000),
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         io > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, io, MHD_OPTION_END);
     if (srv->daemon == NULL) {

@@ -168,7 +168,7 @@ static void put_8bit(struct sink *s, const unsigned char *p, size_t n)
 {
     const unsigned char *nul = memchr(p, '\0', n);
     bool utf8 = true;
-    uint32_t cp;
+    uint32_t cp = 0;
     size_t i, len;
 
     if (nul != NULL)

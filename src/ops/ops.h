@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ops/icc.h"
+#include "ops/plan.h"
 #include "util/util.h"
 
 /* Limits applied to every untrusted image (DESIGN §5). */
@@ -55,8 +57,5 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
 /* MIME type of a format name ("jpeg" -> "image/jpeg"); NULL if unknown. */
 const char *ops_mime_type(const char *format);
 
-/* Description of an ICC profile (icc.c): 0 and a printable UTF-8 string,
- * or -1 when the profile has none we can read. Safe on any bytes. */
-int ops_icc_description(const void *profile, size_t len, char *out, size_t outlen);
 
 #endif

@@ -129,7 +129,7 @@ int util_cursor_decode(const char *cursor, int64_t *position)
     if (n < 4)
         return -1;
     raw[n] = '\0';
-    if (memcmp(raw, "c1:", 3) != 0)
+    if (memchr(raw, '\0', (size_t)n) != NULL || memcmp(raw, "c1:", 3) != 0)
         return -1;
     int64_t v;
     if (util_parse_int(raw + 3, &v) != 0 || v < 0)

@@ -109,7 +109,8 @@ int util_parse_int(const char *s, int64_t *out);
 /* Fills out (UTIL_ID_LEN + 1 bytes) with a new random id from getrandom(2).
  * Returns 0, or -1 if the kernel gave no randomness. Thread-safe. */
 int util_id_new(char *out);
-/* True if s looks like an id we could have issued (length and alphabet). */
+/* True if s could be an id we issued: 22 base64url chars whose unused low
+ * 4 bits of the last char are zero. */
 bool util_id_valid(const char *s);
 
 /* base64url without padding. Encoded length of n bytes. */

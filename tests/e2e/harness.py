@@ -240,6 +240,17 @@ class ServerError(AssertionError):
     pass
 
 
+def _die_with_parent():
+    """preexec_fn: the server gets SIGKILL if this test process dies without
+    cleaning up (e.g. killed by a harness timeout)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _clean_env(env):
     e = {k: v for k, v in os.environ.items() if not k.startswith('IMAGE_SERVER_')}
     if env:
@@ -315,7 +326,8 @@ class Server:
             logf = open(self.log_path, 'wb')
             try:
                 self.proc = subprocess.Popen(self.args(port), stdin=subprocess.DEVNULL,
-                                             stdout=logf, stderr=logf, env=_clean_env(self.env))
+                                             stdout=logf, stderr=logf, env=_clean_env(self.env),
+                                             preexec_fn=_die_with_parent)
             finally:
                 logf.close()
             self.port = port
@@ -436,7 +448,9 @@ class Server:
         return out
 
     def _check_alive(self, err):
-        if self.proc is not None and self.proc.poll() is not None:
+        """Turns a connection error into a clear failure when the server died
+        on its own (not when a test stopped or killed it)."""
+        if self.died_unexpectedly():
             self.returncode = self.proc.returncode
             raise ServerError('server died (exit status %s) during request: %r\n%s' % (
                 self.returncode, err, self.crash_excerpt()))

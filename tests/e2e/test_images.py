@@ -573,10 +573,19 @@ def metrics_count_requests_by_route_and_status():
         assert 'route' in names and 'status' in names, 'labels %s' % (labels,)
     for _ in range(5):
         srv().get('/healthz')
-    after, text2 = metrics()
+    last = {}
+
+    def grown():
+        # counters may be bumped when a response completes: poll briefly
+        after, _ = metrics()
+        last['after'] = after
+        return [k for k, v in after.items()
+                if v >= series.get(k, 0) + 5 and dict(k)['status'] == '200']
+
+    grew = harness.wait_until(grown, 3.0, interval=0.2)
+    after = last['after']
     assert sum(after.values()) >= sum(series.values()) + 5, \
         'total did not grow by 5: %s -> %s' % (sum(series.values()), sum(after.values()))
-    grew = [k for k, v in after.items() if v >= series.get(k, 0) + 5 and dict(k)['status'] == '200']
     assert grew, 'no status="200" series grew by 5:\nbefore %s\nafter %s' % (series, after)
 
 

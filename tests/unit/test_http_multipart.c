@@ -40,6 +40,8 @@ static int find_n(const char *body, size_t n, const char *boundary, const char *
 
     if (part == NULL)
         part = &local;
+    if (data_off != NULL)
+        *data_off = 0;
     r = http_multipart_find(copy, n, boundary, field, part, detail, 128);
     if (r == 0) {
         assert_true((const char *)part->data >= copy);
@@ -67,19 +69,18 @@ static void test_boundary_unquoted(void **state)
     char b[71];
 
     (void)state;
-    assert_int_equal(http_multipart_boundary(
-                         "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", b,
-                         sizeof(b)),
-                     0);
+    assert_int_equal(
+        http_multipart_boundary(
+            "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW", b, sizeof(b)),
+        0);
     assert_string_equal(b, "----WebKitFormBoundary7MA4YWxkTrZu0gW");
-    assert_int_equal(http_multipart_boundary("multipart/form-data;boundary=abc", b, sizeof(b)),
-                     0);
+    assert_int_equal(http_multipart_boundary("multipart/form-data;boundary=abc", b, sizeof(b)), 0);
     assert_string_equal(b, "abc");
     /* curl's form */
-    assert_int_equal(http_multipart_boundary(
-                         "multipart/form-data; boundary=------------------------d74496d66958873e",
-                         b, sizeof(b)),
-                     0);
+    assert_int_equal(
+        http_multipart_boundary(
+            "multipart/form-data; boundary=------------------------d74496d66958873e", b, sizeof(b)),
+        0);
     assert_string_equal(b, "------------------------d74496d66958873e");
 }
 
@@ -115,8 +116,7 @@ static void test_boundary_case_insensitive(void **state)
     char b[71];
 
     (void)state;
-    assert_int_equal(http_multipart_boundary("Multipart/Form-Data; BOUNDARY=XyZ", b, sizeof(b)),
-                     0);
+    assert_int_equal(http_multipart_boundary("Multipart/Form-Data; BOUNDARY=XyZ", b, sizeof(b)), 0);
     /* The value itself keeps its case. */
     assert_string_equal(b, "XyZ");
     assert_int_equal(http_multipart_boundary("MULTIPART/FORM-DATA; Boundary=\"q\"", b, sizeof(b)),
@@ -129,14 +129,14 @@ static void test_boundary_other_params(void **state)
     char b[71];
 
     (void)state;
-    assert_int_equal(http_multipart_boundary("multipart/form-data; charset=utf-8; boundary=abc",
-                                             b, sizeof(b)),
-                     0);
+    assert_int_equal(
+        http_multipart_boundary("multipart/form-data; charset=utf-8; boundary=abc", b, sizeof(b)),
+        0);
     assert_string_equal(b, "abc");
-    assert_int_equal(http_multipart_boundary(
-                         "multipart/form-data; boundary=abc; charset=\"utf-8; boundary=evil\"", b,
-                         sizeof(b)),
-                     0);
+    assert_int_equal(
+        http_multipart_boundary(
+            "multipart/form-data; boundary=abc; charset=\"utf-8; boundary=evil\"", b, sizeof(b)),
+        0);
     assert_string_equal(b, "abc");
     assert_int_equal(http_multipart_boundary(
                          "multipart/form-data ; x=\"a;b\" ;boundary=\"q r\" ; y=z  ", b, sizeof(b)),
@@ -183,8 +183,8 @@ static void test_boundary_invalid(void **state)
     assert_int_equal(
         http_multipart_boundary("multipart/form-data; boundary=a; boundary=b", b, sizeof(b)), -1);
     /* Control characters */
-    assert_int_equal(http_multipart_boundary("multipart/form-data; boundary=\"a\tb\"", b, sizeof(b)),
-                     -1);
+    assert_int_equal(
+        http_multipart_boundary("multipart/form-data; boundary=\"a\tb\"", b, sizeof(b)), -1);
 }
 
 static void test_boundary_length(void **state)
@@ -201,16 +201,16 @@ static void test_boundary_length(void **state)
     memset(seventyone, 'y', 71);
     seventyone[71] = '\0';
 
-    snprintf(ct, sizeof(ct), "multipart/form-data; boundary=%s", seventy);
+    (void)snprintf(ct, sizeof(ct), "multipart/form-data; boundary=%s", seventy);
     assert_int_equal(http_multipart_boundary(ct, b, sizeof(b)), 0);
     assert_string_equal(b, seventy);
-    snprintf(ct, sizeof(ct), "multipart/form-data; boundary=\"%s\"", seventy);
+    (void)snprintf(ct, sizeof(ct), "multipart/form-data; boundary=\"%s\"", seventy);
     assert_int_equal(http_multipart_boundary(ct, b, sizeof(b)), 0);
     assert_string_equal(b, seventy);
 
-    snprintf(ct, sizeof(ct), "multipart/form-data; boundary=%s", seventyone);
+    (void)snprintf(ct, sizeof(ct), "multipart/form-data; boundary=%s", seventyone);
     assert_int_equal(http_multipart_boundary(ct, b, sizeof(b)), -1);
-    snprintf(ct, sizeof(ct), "multipart/form-data; boundary=\"%s\"", seventyone);
+    (void)snprintf(ct, sizeof(ct), "multipart/form-data; boundary=\"%s\"", seventyone);
     assert_int_equal(http_multipart_boundary(ct, b, sizeof(b)), -1);
 
     /* The output buffer must hold the value and its NUL. */
@@ -347,18 +347,16 @@ static void test_find_preamble_epilogue(void **state)
     assert_memory_equal(body + off, "data", 4);
 
     /* The preamble may be a bare CRLF. */
-    assert_int_equal(find("\r\n--bb\r\n" CD "name=file\r\n\r\nx\r\n--bb--", "bb", "file", &part,
-                          &off, detail),
-                     0);
+    assert_int_equal(
+        find("\r\n--bb\r\n" CD "name=file\r\n\r\nx\r\n--bb--", "bb", "file", &part, &off, detail),
+        0);
     assert_int_equal(part.len, 1);
     /* A delimiter must start a line: "x--bb" is not one, so all up to the
      * closing delimiter is preamble and there is no part at all. */
-    assert_int_equal(find("x--bb\r\n" CD "name=file\r\n\r\nx\r\n--bb--", "bb", "file", &part,
-                          NULL, detail),
-                     1);
-    assert_int_equal(find("x--bb\r\n" CD "name=file\r\n\r\nx\r\n", "bb", "file", &part, NULL,
-                          detail),
-                     -1);
+    assert_int_equal(
+        find("x--bb\r\n" CD "name=file\r\n\r\nx\r\n--bb--", "bb", "file", &part, NULL, detail), 1);
+    assert_int_equal(
+        find("x--bb\r\n" CD "name=file\r\n\r\nx\r\n", "bb", "file", &part, NULL, detail), -1);
 }
 
 static void test_find_missing_close(void **state)
@@ -366,8 +364,8 @@ static void test_find_missing_close(void **state)
     char detail[128];
 
     (void)state;
-    assert_int_equal(find("--b\r\n" CD "name=\"file\"\r\n\r\ndata", "b", "file", NULL, NULL, detail),
-                     -1);
+    assert_int_equal(
+        find("--b\r\n" CD "name=\"file\"\r\n\r\ndata", "b", "file", NULL, NULL, detail), -1);
     assert_non_null(strstr(detail, "closing"));
     assert_int_equal(
         find("--b\r\n" CD "name=\"file\"\r\n\r\ndata\r\n--b", "b", "file", NULL, NULL, detail), -1);
@@ -387,9 +385,9 @@ static void test_find_missing_close(void **state)
     assert_int_equal(
         find("--b\r\n" CD "name=\"file\"\r\n\r\ndata\r\n--b--x", "b", "file", NULL, NULL, detail),
         -1);
-    assert_int_equal(find("--bx\r\n" CD "name=\"file\"\r\n\r\ndata\r\n--b--", "b", "file", NULL,
-                          NULL, detail),
-                     -1);
+    assert_int_equal(
+        find("--bx\r\n" CD "name=\"file\"\r\n\r\ndata\r\n--b--", "b", "file", NULL, NULL, detail),
+        -1);
 }
 
 static void test_find_truncated_headers(void **state)
@@ -476,10 +474,9 @@ static void test_find_no_name(void **state)
                           NULL, NULL, detail),
                      -1);
     assert_non_null(strstr(detail, "name"));
-    assert_int_equal(
-        find("--b\r\nContent-Disposition: form-data\r\n\r\ndata\r\n--b--\r\n", "b", "file", NULL,
-             NULL, detail),
-        -1);
+    assert_int_equal(find("--b\r\nContent-Disposition: form-data\r\n\r\ndata\r\n--b--\r\n", "b",
+                          "file", NULL, NULL, detail),
+                     -1);
     /* name= without a value, and a repeated name */
     assert_int_equal(
         find("--b\r\n" CD "name=\r\n\r\ndata\r\n--b--\r\n", "b", "file", NULL, NULL, detail), -1);
@@ -556,10 +553,9 @@ static void test_find_quoting(void **state)
     assert_string_equal(part.content_type, "image/png");
     assert_int_equal(part.len, 3);
 
-    assert_int_equal(
-        find("--b\r\n" CD "name=file; filename=x.jpg\r\n\r\nz\r\n--b--", "b", "file", &part, &off,
-             detail),
-        0);
+    assert_int_equal(find("--b\r\n" CD "name=file; filename=x.jpg\r\n\r\nz\r\n--b--", "b", "file",
+                          &part, &off, detail),
+                     0);
     assert_string_equal(part.filename, "x.jpg");
 
     /* UTF-8 in a quoted value is kept as is. */
@@ -580,8 +576,8 @@ static void test_find_quoting(void **state)
         find("--b\r\n" CD "name=\"file\r\n\r\nz\r\n--b--", "b", "file", NULL, NULL, detail), -1);
     assert_int_equal(
         find("--b\r\n" CD "name=fi le\r\n\r\nz\r\n--b--", "b", "file", NULL, NULL, detail), -1);
-    assert_int_equal(find("--b\r\n" CD "name=file\r\nno colon\r\n\r\nz\r\n--b--", "b", "file",
-                          NULL, NULL, detail),
+    assert_int_equal(find("--b\r\n" CD "name=file\r\nno colon\r\n\r\nz\r\n--b--", "b", "file", NULL,
+                          NULL, detail),
                      -1);
     /* A bare LF or NUL inside the header section */
     assert_int_equal(
