@@ -20,11 +20,10 @@ build-san/build.ninja:
 	meson setup build-san --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 
 build: deps build/build.ninja
-	@ninja -C build image-server | grep -v '^ninja: no work to do' || true
-	@test -x build/image-server
+	@ninja -C build image-server >/dev/null || ninja -C build image-server
 
 build-san: deps-test build-san/build.ninja
-	ninja -C build-san
+	@ninja -C build-san >/dev/null || ninja -C build-san
 
 run: build
 	@mkdir -p $(DATA)/blobs

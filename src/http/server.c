@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -90,8 +91,10 @@ struct http_request {
     int64_t start_us;
     bool on_pool;
     /* body */
-    char *body;
+    char *body;                  /* malloc'd (Content-Length known) or mmap'd (chunked) */
     size_t body_len, body_cap;
+    int body_fd;                 /* memfd of a chunked body, -1 otherwise */
+    bool body_mapped;            /* body is an mmap of body_fd */
     uint64_t bytes_in;
     bool cut;                    /* body cut off past the cap */
     /* answer */
@@ -110,6 +113,22 @@ struct http_request {
 };
 
 /* ---- small helpers ------------------------------------------------------ */
+
+static int write_all(int fd, const void *data, size_t n)
+{
+    const char *p = data;
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
 
 static void req_free(struct http_request *req)
 {
@@ -133,7 +152,12 @@ static void req_free(struct http_request *req)
     }
     free(req->path);
     free(req->raw_uri);
-    free(req->body);
+    if (req->body_mapped)
+        munmap(req->body, req->body_len);
+    else
+        free(req->body);
+    if (req->body_fd >= 0)
+        close(req->body_fd);
     free(req);
 }
 
@@ -558,6 +582,7 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     req->srv = srv;
     req->conn = conn;
     req->refs = 1;
+    req->body_fd = -1;
     req->start_us = util_monotonic_us();
     req->raw_uri = strdup(uri ? uri : "");
     char *q = req->raw_uri ? strchr(req->raw_uri, '?') : NULL;
@@ -685,18 +710,26 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
             return MHD_NO; /* cut off: see the header comment */
         }
         if (req->body_len + n > req->body_cap) {
-            size_t want = req->body_cap ? req->body_cap * 2 : 65536;
-            while (want < req->body_len + n)
-                want *= 2;
-            if (want > cap)
-                want = (size_t)cap;
-            char *grown = realloc(req->body, want);
-            if (grown == NULL)
-                return MHD_NO;
-            req->body = grown;
-            req->body_cap = want;
+            /* No (or a wrong) Content-Length: a chunked body of unknown size
+             * goes to an anonymous memory file, which grows without the
+             * copies (and the doubled peak) of realloc, and is mapped as one
+             * buffer at the end. */
+            if (req->body_fd < 0) {
+                req->body_fd = memfd_create("body", MFD_CLOEXEC);
+                if (req->body_fd < 0 ||
+                    (req->body_len > 0 && write_all(req->body_fd, req->body, req->body_len) != 0))
+                    return MHD_NO;
+                free(req->body);
+                req->body = NULL;
+                req->body_cap = SIZE_MAX;
+            }
         }
-        memcpy(req->body + req->body_len, upload_data, n);
+        if (req->body_fd >= 0) {
+            if (write_all(req->body_fd, upload_data, n) != 0)
+                return MHD_NO;
+        } else {
+            memcpy(req->body + req->body_len, upload_data, n);
+        }
         req->body_len += n;
         *upload_data_size = 0;
         return MHD_YES;
@@ -704,6 +737,13 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 
     switch (req->state) {
     case ST_BODY: {
+        if (req->body_fd >= 0 && req->body_len > 0) {
+            void *m = mmap(NULL, req->body_len, PROT_READ, MAP_PRIVATE, req->body_fd, 0);
+            if (m == MAP_FAILED)
+                return MHD_NO;
+            req->body = m;
+            req->body_mapped = true;
+        }
         enum http_next next = req->route->fn(req, srv->cfg.ctx);
         if (next == HTTP_RUN_ON_POOL) {
             to_pool(req);
