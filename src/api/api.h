@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "blob/blob.h"
 #include "http/http.h"
 #include "ops/ops.h"
@@ -23,6 +25,9 @@ struct api_ctx {
     struct ops_limits limits;  /* pixel limits and deadline */
     bool variant_cache;        /* --variant-cache */
 };
+
+/* Registers the variant single-flight table; call once before serving. */
+void api_variants_init(void);
 
 /* The route table of the public API (DESIGN §3). */
 const struct http_route *api_routes(size_t *n);
@@ -38,7 +43,25 @@ char *api_problem_json(int status, const char *type, const char *title, const ch
  * request id). */
 void api_respond_error(struct http_request *req, const struct util_error *err);
 
-/* Handlers (images.c, health.c). */
+/* Cache-Control of originals and variants: they never change. */
+#define API_CACHE_FOREVER "public, max-age=31536000, immutable"
+
+/* Shared by the handlers (images.c). */
+bool api_find_image(struct http_request *req, struct api_ctx *ctx, struct store_image *img);
+bool api_etag_matches(const char *if_none_match, const char *etag);
+void api_respond_json(struct http_request *req, int status, json_t *o);
+/* 0 when the request carries an image body (Content-Type image/..., or
+ * multipart/form-data, not empty): cheap, for the I/O thread. */
+int api_check_image_body(struct http_request *req, struct util_error *err);
+/* The image bytes of the body: raw, or the multipart field "file". */
+int api_body_image(struct http_request *req, const void **data, size_t *len,
+                   struct util_error *err);
+/* A variant request on GET /v1/images/{id}?...: returns false when the
+ * query is empty (serve the original), else answers or defers (*next). */
+bool api_variant(struct http_request *req, struct api_ctx *ctx, enum http_next *next);
+
+/* Handlers (images.c, variants.c, transform.c, health.c). */
+enum http_next api_transform(struct http_request *req, void *ctx);
 enum http_next api_images_create(struct http_request *req, void *ctx);
 enum http_next api_images_get(struct http_request *req, void *ctx);
 enum http_next api_images_info(struct http_request *req, void *ctx);

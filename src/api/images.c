@@ -17,7 +17,6 @@
 
 #define LIST_DEFAULT 100
 #define LIST_MAX     1000
-#define CACHE_FOREVER "public, max-age=31536000, immutable"
 
 static json_t *image_json(const struct store_image *img, bool info)
 {
@@ -36,7 +35,7 @@ static json_t *image_json(const struct store_image *img, bool info)
     return o;
 }
 
-static void respond_json(struct http_request *req, int status, json_t *o)
+void api_respond_json(struct http_request *req, int status, json_t *o)
 {
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -49,7 +48,7 @@ static void respond_json(struct http_request *req, int status, json_t *o)
 }
 
 /* Looks the image up by its {id}; answers 404 itself. */
-static bool find_image(struct http_request *req, struct api_ctx *ctx, struct store_image *img)
+bool api_find_image(struct http_request *req, struct api_ctx *ctx, struct store_image *img)
 {
     const char *id = http_request_param(req, "id");
     struct util_error err = {0};
@@ -68,8 +67,8 @@ static bool find_image(struct http_request *req, struct api_ctx *ctx, struct sto
 /* ---- upload ------------------------------------------------------------- */
 
 /* Where the image bytes are in the body: raw, or the multipart field "file". */
-static int upload_bytes(struct http_request *req, const void **data, size_t *len,
-                        struct util_error *err)
+int api_body_image(struct http_request *req, const void **data, size_t *len,
+                   struct util_error *err)
 {
     const char *ct = http_request_header(req, "Content-Type");
     size_t blen;
@@ -102,7 +101,7 @@ static void upload(struct http_request *req, struct api_ctx *ctx)
     struct util_error err = {0};
     const void *data = NULL;
     size_t len = 0;
-    if (upload_bytes(req, &data, &len, &err) != 0) {
+    if (api_body_image(req, &data, &len, &err) != 0) {
         api_respond_error(req, &err);
         return;
     }
@@ -147,7 +146,7 @@ static void upload(struct http_request *req, struct api_ctx *ctx)
     char location[64];
     snprintf(location, sizeof(location), "/v1/images/%s", img.id);
     http_response_header(req, "Location", location);
-    respond_json(req, 201, image_json(&img, false));
+    api_respond_json(req, 201, image_json(&img, false));
 }
 
 enum http_next api_images_create(struct http_request *req, void *vctx)
@@ -158,32 +157,35 @@ enum http_next api_images_create(struct http_request *req, void *vctx)
         return HTTP_DONE;
     }
     /* Cheap checks on the I/O thread; decoding goes to the pool. */
-    const char *ct = http_request_header(req, "Content-Type");
     struct util_error err = {0};
-    if (ct == NULL || (strncasecmp(ct, "image/", 6) != 0 &&
-                       strncasecmp(ct, "multipart/form-data", 19) != 0)) {
-        util_error_set(&err, UTIL_ERR_UNSUPPORTED,
-                       "send the image as the body with Content-Type image/*, or as the "
-                       "multipart/form-data field 'file' (got %.60s)",
-                       ct ? ct : "no Content-Type");
-        api_respond_error(req, &err);
-        return HTTP_DONE;
-    }
-    size_t len;
-    http_request_body(req, &len);
-    if (len == 0) {
-        util_error_set(&err, UTIL_ERR_UNSUPPORTED, "the body is empty");
+    if (api_check_image_body(req, &err) != 0) {
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
     return HTTP_RUN_ON_POOL;
 }
 
+int api_check_image_body(struct http_request *req, struct util_error *err)
+{
+    const char *ct = http_request_header(req, "Content-Type");
+    if (ct == NULL || (strncasecmp(ct, "image/", 6) != 0 &&
+                       strncasecmp(ct, "multipart/form-data", 19) != 0))
+        return util_error_set(err, UTIL_ERR_UNSUPPORTED,
+                              "send the image as the body with Content-Type image/*, or as the "
+                              "multipart/form-data field 'file' (got %.60s)",
+                              ct ? ct : "no Content-Type");
+    size_t len;
+    http_request_body(req, &len);
+    if (len == 0)
+        return util_error_set(err, UTIL_ERR_UNSUPPORTED, "the body is empty");
+    return 0;
+}
+
 /* ---- download ----------------------------------------------------------- */
 
 /* RFC 9110 §13.1.2: If-None-Match is a list of entity tags or "*"; weak
  * comparison. */
-static bool etag_matches(const char *header, const char *etag)
+bool api_etag_matches(const char *header, const char *etag)
 {
     if (header == NULL)
         return false;
@@ -211,25 +213,19 @@ static bool etag_matches(const char *header, const char *etag)
 enum http_next api_images_get(struct http_request *req, void *vctx)
 {
     struct api_ctx *ctx = vctx;
-    const char *raw = http_request_raw_query(req);
-    if (raw[0] != '\0') {
-        /* Variants (?w=..) come with the operations milestone; until then a
-         * query is refused rather than silently ignored. */
-        struct util_error err = {0};
-        util_error_set(&err, UTIL_ERR_INVALID_OPERATION,
-                       "this server does not transform images yet: no query parameters are "
-                       "accepted");
-        api_respond_error(req, &err);
-        return HTTP_DONE;
+    if (http_request_on_pool(req) || http_request_raw_query(req)[0] != '\0') {
+        enum http_next next;
+        if (api_variant(req, ctx, &next))
+            return next;
     }
     struct store_image img;
-    if (!find_image(req, ctx, &img))
+    if (!api_find_image(req, ctx, &img))
         return HTTP_DONE;
     char etag[80];
     snprintf(etag, sizeof(etag), "\"%s\"", img.sha256);
     http_response_header(req, "ETag", etag);
-    http_response_header(req, "Cache-Control", CACHE_FOREVER);
-    if (etag_matches(http_request_header(req, "If-None-Match"), etag)) {
+    http_response_header(req, "Cache-Control", API_CACHE_FOREVER);
+    if (api_etag_matches(http_request_header(req, "If-None-Match"), etag)) {
         http_respond_empty(req, 304);
         return HTTP_DONE;
     }
@@ -255,8 +251,8 @@ enum http_next api_images_get(struct http_request *req, void *vctx)
 enum http_next api_images_info(struct http_request *req, void *vctx)
 {
     struct store_image img;
-    if (find_image(req, vctx, &img))
-        respond_json(req, 200, image_json(&img, true));
+    if (api_find_image(req, vctx, &img))
+        api_respond_json(req, 200, image_json(&img, true));
     return HTTP_DONE;
 }
 
@@ -323,7 +319,7 @@ enum http_next api_images_list(struct http_request *req, void *vctx)
         next = json_string(cur);
     }
     free(items);
-    respond_json(req, 200, json_pack("{s:o, s:o}", "items", arr, "next_cursor", next));
+    api_respond_json(req, 200, json_pack("{s:o, s:o}", "items", arr, "next_cursor", next));
     return HTTP_DONE;
 }
 

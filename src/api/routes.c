@@ -7,6 +7,7 @@ static const struct http_route ROUTES[] = {
     {"GET", "/v1/images/{id}", api_images_get, false, "images_get"},
     {"DELETE", "/v1/images/{id}", api_images_delete, false, "images_delete"},
     {"GET", "/v1/images/{id}/info", api_images_info, false, "images_info"},
+    {"POST", "/v1/transform", api_transform, true, "transform"},
     {"GET", "/healthz", api_healthz, false, "healthz"},
     {"GET", "/readyz", api_readyz, false, "readyz"},
     {"GET", "/metrics", api_metrics, false, "metrics"},

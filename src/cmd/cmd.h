@@ -7,5 +7,6 @@
 #define CMD_CMD_H
 
 int cmd_serve(int argc, char **argv, const char *argv0);
+int cmd_transform(int argc, char **argv, const char *argv0);
 
 #endif

@@ -114,6 +114,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         .variant_cache = cfg.variant_cache,
     };
     api_metrics_init(&ctx);
+    api_variants_init();
     size_t nroutes;
     const struct http_route *routes = api_routes(&nroutes);
     struct http_server_config hc = {
@@ -132,7 +133,8 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     srv = http_server_start(&hc, &err);
     if (srv == NULL)
         goto fail;
-    sweeper = worker_sweeper_start(store, blobs, cfg.sweep_interval_ms, cfg.blob_grace_ms);
+    sweeper = worker_sweeper_start(store, blobs, cfg.sweep_interval_ms, cfg.blob_grace_ms,
+                                   cfg.variant_cache_max_bytes);
     if (sweeper == NULL) {
         util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the sweeper");
         goto fail;

@@ -54,6 +54,53 @@ const char *ops_vips_version(void);
 int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
               struct ops_image_info *info, struct util_error *err);
 
+/* An encoded result. */
+struct ops_result {
+    void *buf;        /* encoded bytes; the caller frees them with g_free */
+    size_t len;       /* their length */
+    char format[8];   /* jpeg png webp avif gif tiff */
+    int64_t width;    /* one frame */
+    int64_t height;   /* one frame */
+    int64_t pages;    /* frames written (animated GIF/WebP), >= 1 */
+};
+
+/* Sizes of one resize step (ops_resize_geometry): the image is scaled to
+ * scaled_w x scaled_h, then cropped (cover) or padded (contain) to the box. */
+struct ops_resize_geometry {
+    int64_t scaled_w, scaled_h; /* the scaled image */
+    int64_t box_w, box_h;       /* the result */
+};
+
+/* The format a plan writes for a source format and the request's Accept
+ * header (NULL: none): `auto` picks AVIF, then WebP, when Accept names them
+ * with q > 0, else the source format; a HEIC source gives JPEG. Never
+ * returns OPS_FORMAT_SOURCE or OPS_FORMAT_AUTO. */
+enum ops_format ops_resolve_format(const struct ops_plan *plan, const char *source_format,
+                                   const char *accept);
+/* Name of a resolved output format ("jpeg"). */
+const char *ops_output_format_name(enum ops_format format);
+
+/* Pure size arithmetic of one resize on a W x H image (fit, enlarge; DESIGN
+ * §3: without enlarge the box shrinks, keeping its aspect, until the source
+ * fills it at scale 1). */
+void ops_resize_geometry(int64_t W, int64_t H, const struct ops_resize *r,
+                         struct ops_resize_geometry *g);
+/* Simulates a plan on a width x height (as displayed) image of `pages`
+ * frames: the final size, or UTIL_ERR_TOO_LARGE when any intermediate or
+ * the result passes max_output_pixels, or UTIL_ERR_INVALID_OPERATION for a
+ * crop outside the image. Nothing is allocated. */
+int ops_plan_geometry(const struct ops_plan *plan, int64_t width, int64_t height, int64_t pages,
+                      int64_t max_output_pixels, int64_t *out_w, int64_t *out_h,
+                      struct util_error *err);
+
+/* Runs plan on an untrusted image in memory and encodes the result in the
+ * format ops_resolve_format gives for the source and `accept` (may be
+ * NULL). Applies the checks of ops_probe that need no pixels, then
+ * ops_plan_geometry, before any pixel is made; kills the work past
+ * limits->timeout_ms (UTIL_ERR_TIMEOUT). */
+int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const char *accept,
+                const struct ops_limits *limits, struct ops_result *res, struct util_error *err);
+
 /* MIME type of a format name ("jpeg" -> "image/jpeg"); NULL if unknown. */
 const char *ops_mime_type(const char *format);
 

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <vips/vips.h>
 
-#include "ops/ops.h"
+#include "ops/internal.h"
 
 /* The loaders we accept, by class name, and the format each gives. */
 static const struct {
@@ -73,7 +73,7 @@ const char *ops_vips_version(void)
 
 /* Copies libvips' error text for this failure into err's detail, trimmed to
  * one line, and clears it. */
-static int vips_fail(struct util_error *err, enum util_err code, const char *what)
+int ops_vips_fail(struct util_error *err, enum util_err code, const char *what)
 {
     char msg[200];
     g_strlcpy(msg, vips_error_buffer(), sizeof(msg));
@@ -87,25 +87,22 @@ static int vips_fail(struct util_error *err, enum util_err code, const char *wha
     return util_error_set(err, code, "%s", what);
 }
 
-struct deadline {
-    int64_t end_ms; /* monotonic */
-    bool hit;
-};
-
 /* libvips "eval" signal: called as work progresses; kills it past the deadline. */
 static void on_eval(VipsImage *image, VipsProgress *progress, void *arg)
 {
     (void)progress;
-    struct deadline *d = arg;
+    struct ops_deadline *d = arg;
     if (util_monotonic_ms() > d->end_ms) {
         d->hit = true;
         vips_image_set_kill(image, TRUE);
     }
 }
 
-int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
-              struct ops_image_info *info, struct util_error *err)
+int ops_open_checked(const void *buf, size_t len, const struct ops_limits *limits,
+                     VipsAccess access, bool all_pages, VipsImage **out,
+                     struct ops_image_info *info, struct util_error *err)
 {
+    *out = NULL;
     memset(info, 0, sizeof(*info));
     if (len == 0)
         return util_error_set(err, UTIL_ERR_UNSUPPORTED, "the body is empty");
@@ -129,16 +126,16 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
 
     /* The header only: libvips reads pixels lazily. */
     VipsImage *image;
-    if (ALLOWED[which].multipage)
-        image = vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
-                                           "fail_on", VIPS_FAIL_ON_TRUNCATED, "n", -1, NULL);
+    bool multipage = ALLOWED[which].multipage && all_pages;
+    if (multipage)
+        image = vips_image_new_from_buffer(buf, len, "", "access", access, "fail_on",
+                                           VIPS_FAIL_ON_TRUNCATED, "n", -1, NULL);
     else
-        image = vips_image_new_from_buffer(buf, len, "", "access", VIPS_ACCESS_SEQUENTIAL,
-                                           "fail_on", VIPS_FAIL_ON_TRUNCATED, NULL);
+        image = vips_image_new_from_buffer(buf, len, "", "access", access, "fail_on",
+                                           VIPS_FAIL_ON_TRUNCATED, NULL);
     if (image == NULL)
-        return vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image header cannot be read");
+        return ops_vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image header cannot be read");
 
-    int rc = -1;
     g_strlcpy(info->format, ALLOWED[which].format, sizeof(info->format));
     const char *compression = NULL;
     if (strcmp(info->format, "heic") == 0 &&
@@ -149,33 +146,31 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
 
     int64_t w = vips_image_get_width(image);
     int64_t h_all = vips_image_get_height(image);
-    int pages = ALLOWED[which].multipage ? vips_image_get_n_pages(image) : 1;
+    int pages = multipage ? vips_image_get_n_pages(image) : 1;
     int page_h = vips_image_get_page_height(image);
     if (pages < 1 || page_h * (int64_t)pages != h_all) {
         pages = 1;
         page_h = (int)h_all;
     }
     info->pages = pages;
-    info->interlaced = (vips_image_get_typeof(image, "interlaced") &&
-                        vips_image_get_int(image, "interlaced", &(int){0}) == 0) ||
-                       vips_image_get_typeof(image, "jpeg-multiscan");
-    if (info->interlaced) {
-        int v = 0;
-        if (vips_image_get_typeof(image, "interlaced"))
-            vips_image_get_int(image, "interlaced", &v);
-        else if (vips_image_get_typeof(image, "jpeg-multiscan"))
-            vips_image_get_int(image, "jpeg-multiscan", &v);
-        info->interlaced = v != 0;
-    }
+    /* Progressive JPEG and interlaced PNG cannot shrink on load: the whole
+     * image is decoded into memory, so they get a lower limit. */
+    int flag = 0;
+    if (vips_image_get_typeof(image, "interlaced"))
+        vips_image_get_int(image, "interlaced", &flag);
+    else if (vips_image_get_typeof(image, "jpeg-multiscan"))
+        vips_image_get_int(image, "jpeg-multiscan", &flag);
+    info->interlaced = flag != 0;
     int64_t pixels = w * h_all;
     int64_t cap = info->interlaced ? limits->max_pixels_progressive : limits->max_pixels;
     if (pixels > cap) {
-        util_error_set(err, UTIL_ERR_TOO_LARGE,
-                       "the image is %lldx%lld%s (%lld pixels); at most %lld are accepted%s",
-                       (long long)w, (long long)page_h,
-                       pages > 1 ? " per frame" : "", (long long)pixels, (long long)cap,
-                       info->interlaced ? " for progressive/interlaced images" : "");
-        goto out;
+        g_object_unref(image);
+        return util_error_set(err, UTIL_ERR_TOO_LARGE,
+                              "the image is %lldx%lld%s (%lld pixels); at most %lld are "
+                              "accepted%s",
+                              (long long)w, (long long)page_h, pages > 1 ? " per frame" : "",
+                              (long long)pixels, (long long)cap,
+                              info->interlaced ? " for progressive/interlaced images" : "");
     }
 
     int orientation = 1;
@@ -193,25 +188,39 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
         vips_image_get_blob(image, VIPS_META_ICC_NAME, &icc, &icc_len) == 0 && icc)
         if (ops_icc_description(icc, icc_len, info->icc, sizeof(info->icc)) != 0)
             g_strlcpy(info->icc, "unnamed profile", sizeof(info->icc));
+    *out = image;
+    return 0;
+}
 
+void ops_watch_deadline(VipsImage *image, struct ops_deadline *d, int64_t timeout_ms)
+{
+    d->end_ms = util_monotonic_ms() + timeout_ms;
+    d->hit = false;
+    vips_image_set_progress(image, TRUE);
+    g_signal_connect(image, "eval", G_CALLBACK(on_eval), d);
+}
+
+int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
+              struct ops_image_info *info, struct util_error *err)
+{
+    VipsImage *image;
+    if (ops_open_checked(buf, len, limits, VIPS_ACCESS_SEQUENTIAL, true, &image, info, err) != 0)
+        return -1;
     /* Decode every pixel through a sink: vips_avg streams the image in
      * strips, so memory stays small whatever the size. */
-    struct deadline dl = {.end_ms = util_monotonic_ms() + limits->timeout_ms};
-    vips_image_set_progress(image, TRUE);
-    g_signal_connect(image, "eval", G_CALLBACK(on_eval), &dl);
+    int rc = 0;
+    struct ops_deadline dl;
+    ops_watch_deadline(image, &dl, limits->timeout_ms);
     double avg;
     if (vips_avg(image, &avg, NULL) != 0) {
         if (dl.hit) {
             vips_error_clear();
-            util_error_set(err, UTIL_ERR_TIMEOUT, "decoding took longer than %lld ms",
-                           (long long)limits->timeout_ms);
+            rc = util_error_set(err, UTIL_ERR_TIMEOUT, "decoding took longer than %lld ms",
+                                (long long)limits->timeout_ms);
         } else {
-            vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image data is truncated or corrupt");
+            rc = ops_vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image data is truncated or corrupt");
         }
-        goto out;
     }
-    rc = 0;
-out:
     g_object_unref(image);
     return rc;
 }

@@ -7,6 +7,7 @@
  * serialise on one handle (readers never block the writer in WAL mode).
  * Each connection is used by one thread at a time.
  */
+#include <glib.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -21,9 +22,10 @@
 struct sqlite_store {
     struct store base;
     char *path;                  /* database file */
-    pthread_mutex_t lock;        /* guards idle[] */
+    pthread_mutex_t lock;        /* guards idle[] and touched */
     sqlite3 *idle[POOL_MAX];     /* connections not in use */
     int nidle;
+    GHashTable *touched;         /* "image_id\nplan" -> last use (ms), not yet written */
 };
 
 /* Schema versions, applied in order, each in its own transaction. */
@@ -43,6 +45,21 @@ static const char *const MIGRATIONS[] = {
     "  icc TEXT,"
     "  created_at INTEGER NOT NULL);"
     "CREATE INDEX images_sha256 ON images(sha256);",
+    /* 2: variants, keyed by image and canonical plan, deleted with their
+     * image (foreign_keys is on for every connection). */
+    "CREATE TABLE variants ("
+    "  image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,"
+    "  plan TEXT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  width INTEGER NOT NULL,"
+    "  height INTEGER NOT NULL,"
+    "  bytes INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  last_used INTEGER NOT NULL,"
+    "  PRIMARY KEY (image_id, plan));"
+    "CREATE INDEX variants_sha256 ON variants(sha256);"
+    "CREATE INDEX variants_last_used ON variants(last_used);",
 };
 #define NMIGRATIONS ((int)(sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0])))
 
@@ -353,8 +370,10 @@ static int sq_blob_referenced(struct store *base, const char *sha256, bool *ref,
         return -1;
     sqlite3_stmt *st = NULL;
     int out = -1;
-    int rc = sqlite3_prepare_v2(db, "SELECT 1 FROM images WHERE sha256 = ? LIMIT 1", -1, &st,
-                                NULL);
+    int rc = sqlite3_prepare_v2(db,
+                                "SELECT 1 FROM images WHERE sha256 = ?1"
+                                " UNION ALL SELECT 1 FROM variants WHERE sha256 = ?1 LIMIT 1",
+                                -1, &st, NULL);
     if (rc != SQLITE_OK)
         goto fail;
     sqlite3_bind_text(st, 1, sha256, -1, SQLITE_STATIC);
@@ -372,9 +391,186 @@ done:
     return out;
 }
 
+static int sq_variant_get(struct store *base, const char *image_id, const char *plan,
+                          struct store_variant *v, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int out = -1;
+    int rc = sqlite3_prepare_v2(db,
+                                "SELECT sha256, format, width, height, bytes, created_at,"
+                                " last_used FROM variants WHERE image_id = ? AND plan = ?",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_text(st, 1, image_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, plan, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        memset(v, 0, sizeof(*v));
+        g_strlcpy(v->image_id, image_id, sizeof(v->image_id));
+        g_strlcpy(v->sha256, (const char *)sqlite3_column_text(st, 0), sizeof(v->sha256));
+        g_strlcpy(v->format, (const char *)sqlite3_column_text(st, 1), sizeof(v->format));
+        v->width = sqlite3_column_int64(st, 2);
+        v->height = sqlite3_column_int64(st, 3);
+        v->bytes = sqlite3_column_int64(st, 4);
+        v->created_at_ms = sqlite3_column_int64(st, 5);
+        v->last_used_ms = sqlite3_column_int64(st, 6);
+        out = 0;
+    } else if (rc == SQLITE_DONE) {
+        util_error_set(err, UTIL_ERR_NOT_FOUND, "variant not cached");
+    } else {
+        goto fail;
+    }
+    goto done;
+fail:
+    db_error(db, rc, err, "reading a variant");
+done:
+    sqlite3_finalize(st);
+    release(s, db);
+    return out;
+}
+
+static int sq_variant_put(struct store *base, const struct store_variant *v,
+                          struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int out = -1;
+    int rc = sqlite3_prepare_v2(db,
+                                "INSERT OR REPLACE INTO variants (image_id, plan, sha256, format,"
+                                " width, height, bytes, created_at, last_used)"
+                                " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8"
+                                " WHERE EXISTS (SELECT 1 FROM images WHERE id = ?1)",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_text(st, 1, v->image_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, v->plan, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, v->sha256, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, v->format, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, v->width);
+    sqlite3_bind_int64(st, 6, v->height);
+    sqlite3_bind_int64(st, 7, v->bytes);
+    sqlite3_bind_int64(st, 8, v->created_at_ms ? v->created_at_ms : util_now_ms());
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        goto fail;
+    if (sqlite3_changes(db) == 0)
+        util_error_set(err, UTIL_ERR_NOT_FOUND, "the image was deleted");
+    else
+        out = 0;
+    goto done;
+fail:
+    db_error(db, rc, err, "storing a variant");
+done:
+    sqlite3_finalize(st);
+    release(s, db);
+    return out;
+}
+
+static void sq_variant_touch(struct store *base, const char *image_id, const char *plan,
+                             int64_t now_ms)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    char *key = g_strdup_printf("%s\n%s", image_id, plan);
+    pthread_mutex_lock(&s->lock);
+    /* Bounded: past this many pending touches, newer ones are dropped until
+     * the next flush; LRU order only needs to be roughly right. */
+    if (g_hash_table_size(s->touched) < 100000)
+        g_hash_table_replace(s->touched, key, (gpointer)(intptr_t)(now_ms / 1000));
+    else
+        g_free(key);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static int sq_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
+                           struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *evicted = 0;
+    pthread_mutex_lock(&s->lock);
+    GHashTable *pending = s->touched;
+    s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    pthread_mutex_unlock(&s->lock);
+
+    sqlite3 *db = acquire(s, err);
+    int out = -1;
+    sqlite3_stmt *st = NULL;
+    if (db == NULL)
+        goto done;
+    if (g_hash_table_size(pending) > 0) {
+        if (exec(db, "BEGIN IMMEDIATE", err, "flushing variant use") != 0)
+            goto done;
+        int rc = sqlite3_prepare_v2(db,
+                                    "UPDATE variants SET last_used = max(last_used, ?3)"
+                                    " WHERE image_id = ?1 AND plan = ?2",
+                                    -1, &st, NULL);
+        if (rc != SQLITE_OK) {
+            db_error(db, rc, err, "flushing variant use");
+            goto done;
+        }
+        GHashTableIter it;
+        gpointer k, val;
+        g_hash_table_iter_init(&it, pending);
+        while (g_hash_table_iter_next(&it, &k, &val)) {
+            char *key = k;
+            char *nl = strchr(key, '\n');
+            if (nl == NULL)
+                continue;
+            sqlite3_reset(st);
+            sqlite3_bind_text(st, 1, key, (int)(nl - key), SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, nl + 1, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, (int64_t)(intptr_t)val * 1000);
+            rc = sqlite3_step(st);
+            if (rc != SQLITE_DONE) {
+                db_error(db, rc, err, "flushing variant use");
+                goto done;
+            }
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+        if (exec(db, "COMMIT", err, "flushing variant use") != 0)
+            goto done;
+    }
+    /* Evict the least recently used rows past the budget, in one statement:
+     * a running sum over the rows, newest first, marks where it is passed. */
+    int rc = sqlite3_prepare_v2(
+        db,
+        "DELETE FROM variants WHERE rowid IN ("
+        " SELECT rowid FROM (SELECT rowid, sum(bytes) OVER"
+        "  (ORDER BY last_used DESC, rowid DESC) AS running FROM variants)"
+        " WHERE running > ?)",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        db_error(db, rc, err, "trimming the variant cache");
+        goto done;
+    }
+    sqlite3_bind_int64(st, 1, max_bytes);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE) {
+        db_error(db, rc, err, "trimming the variant cache");
+        goto done;
+    }
+    *evicted = sqlite3_changes(db);
+    out = 0;
+done:
+    sqlite3_finalize(st);
+    release(s, db);
+    g_hash_table_destroy(pending);
+    return out;
+}
+
 static void sq_close(struct store *base)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
+    g_hash_table_destroy(s->touched);
     for (int i = 0; i < s->nidle; i++)
         sqlite3_close(s->idle[i]);
     pthread_mutex_destroy(&s->lock);
@@ -392,6 +588,10 @@ static const struct store_ops SQLITE_OPS = {
     .image_delete = sq_image_delete,
     .image_list = sq_image_list,
     .blob_referenced = sq_blob_referenced,
+    .variant_get = sq_variant_get,
+    .variant_put = sq_variant_put,
+    .variant_touch = sq_variant_touch,
+    .variant_trim = sq_variant_trim,
 };
 
 struct store *store_sqlite_open(const char *path, struct util_error *err)
@@ -403,6 +603,7 @@ struct store *store_sqlite_open(const char *path, struct util_error *err)
     }
     s->base.ops = &SQLITE_OPS;
     s->path = strdup(path);
+    s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     pthread_mutex_init(&s->lock, NULL);
     /* Open one connection now so a bad path fails at start, not later. */
     sqlite3 *db = conn_open(s, err);

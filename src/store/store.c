@@ -59,3 +59,24 @@ int store_blob_referenced(struct store *s, const char *sha256, bool *out, struct
 {
     return s->ops->blob_referenced(s, sha256, out, err);
 }
+
+int store_variant_get(struct store *s, const char *image_id, const char *plan,
+                      struct store_variant *out, struct util_error *err)
+{
+    return s->ops->variant_get(s, image_id, plan, out, err);
+}
+
+int store_variant_put(struct store *s, const struct store_variant *v, struct util_error *err)
+{
+    return s->ops->variant_put(s, v, err);
+}
+
+void store_variant_touch(struct store *s, const char *image_id, const char *plan, int64_t now_ms)
+{
+    s->ops->variant_touch(s, image_id, plan, now_ms);
+}
+
+int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err)
+{
+    return s->ops->variant_trim(s, max_bytes, evicted, err);
+}

@@ -34,6 +34,18 @@ struct store_image {
 
 struct store;
 
+/* One cached variant: the result of a plan on an image. */
+struct store_variant {
+    char image_id[UTIL_ID_LEN + 1];    /* the source image */
+    const char *plan;                  /* canonical plan text (the key, with the image id) */
+    char sha256[STORE_SHA256_HEX + 1]; /* blob of the encoded result */
+    char format[8];                    /* its format */
+    int64_t width, height;             /* its size (one frame) */
+    int64_t bytes;                     /* its length */
+    int64_t created_at_ms;             /* when it was made */
+    int64_t last_used_ms;              /* last served (flushed lazily) */
+};
+
 /* The operations of one backend (libuv style: chosen once at start-up). */
 struct store_ops {
     const char *name;
@@ -48,6 +60,13 @@ struct store_ops {
                       int *n, struct util_error *err);
     int (*blob_referenced)(struct store *s, const char *sha256, bool *out,
                            struct util_error *err);
+    int (*variant_get)(struct store *s, const char *image_id, const char *plan,
+                       struct store_variant *out, struct util_error *err);
+    int (*variant_put)(struct store *s, const struct store_variant *v, struct util_error *err);
+    void (*variant_touch)(struct store *s, const char *image_id, const char *plan,
+                          int64_t now_ms);
+    int (*variant_trim)(struct store *s, int64_t max_bytes, int *evicted,
+                        struct util_error *err);
 };
 
 struct store {
@@ -72,7 +91,7 @@ int store_image_insert(struct store *s, struct store_image *img, struct util_err
 /* UTIL_ERR_NOT_FOUND when no image has that id. */
 int store_image_get(struct store *s, const char *id, struct store_image *out,
                     struct util_error *err);
-/* Removes the image's row (and, later, its variants' rows). Blobs stay for
+/* Removes the image's row and its variants' rows. Blobs stay for
  * the sweeper. UTIL_ERR_NOT_FOUND when no image has that id. */
 int store_image_delete(struct store *s, const char *id, struct util_error *err);
 /* Newest first: up to `limit` images with seq < before_seq (0: from the
@@ -81,6 +100,22 @@ int store_image_list(struct store *s, int64_t before_seq, int limit, struct stor
                      int *n, struct util_error *err);
 /* Whether any row (image or variant) refers to the blob. */
 int store_blob_referenced(struct store *s, const char *sha256, bool *out, struct util_error *err);
+
+/* The variant of image_id for plan; UTIL_ERR_NOT_FOUND when not cached.
+ * out->plan is not set. */
+int store_variant_get(struct store *s, const char *image_id, const char *plan,
+                      struct store_variant *out, struct util_error *err);
+/* Records a variant (replacing an older row of the same key). A variant of
+ * an image deleted meanwhile is not recorded (UTIL_ERR_NOT_FOUND). */
+int store_variant_put(struct store *s, const struct store_variant *v, struct util_error *err);
+/* Notes that a variant was served. Kept in memory and written in batches by
+ * store_variant_trim, so a cache hit never waits for a disk write. */
+void store_variant_touch(struct store *s, const char *image_id, const char *plan,
+                         int64_t now_ms);
+/* Writes pending touches, then deletes the least recently used variant rows
+ * until their bytes fit in max_bytes (their blobs are collected later by the
+ * blob sweep). *evicted is the number of rows deleted. */
+int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err);
 
 /* Backends. */
 struct store *store_sqlite_open(const char *path, struct util_error *err);

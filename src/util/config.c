@@ -66,6 +66,8 @@ static const struct flag FLAGS[] = {
      "an idle connection is closed after this long"},
     {"shutdown-timeout", S_HTTP, F_DURATION, OFF(shutdown_timeout_ms), "30s", 0, BIG,
      "on SIGTERM, how long in-flight requests may take to finish"},
+    {"variant-cache-max-bytes", S_SERVE | UTIL_CMD_WORKER, F_SIZE, OFF(variant_cache_max_bytes),
+     "10GiB", 0, BIG, "variant bytes kept; the least recently used are evicted past it"},
     {"blob-grace", S_DB, F_DURATION, OFF(blob_grace_ms), "1h", 0, BIG,
      "age before an unreferenced blob is collected"},
     {"sweep-interval", S_SERVE | UTIL_CMD_WORKER, F_DURATION, OFF(sweep_interval_ms), "5s", 10,

@@ -74,6 +74,7 @@ struct util_config {
     int64_t idle_timeout_ms;        /* idle keep-alive connections are closed after it */
     int64_t shutdown_timeout_ms;    /* graceful stop deadline */
     int64_t blob_grace_ms;          /* age before an unreferenced blob is collected */
+    int64_t variant_cache_max_bytes; /* variant bytes kept (LRU eviction) */
     int64_t sweep_interval_ms;      /* how often the sweeper runs */
 };
 

@@ -18,6 +18,7 @@ struct worker_sweeper {
     struct blob_store *blobs;
     int64_t interval_ms;
     int64_t grace_ms;
+    int64_t variant_max_bytes;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -91,6 +92,14 @@ static void *sweeper_main(void *arg)
         if (sw->stop)
             break;
         pthread_mutex_unlock(&sw->lock);
+        /* Variant rows past the cache budget go first, so their blobs can be
+         * collected by the blob step once the grace period has passed. */
+        struct util_error err = {0};
+        int evicted = 0;
+        if (store_variant_trim(sw->store, sw->variant_max_bytes, &evicted, &err) != 0)
+            util_warn("sweeper: %s", err.detail);
+        else if (evicted > 0)
+            util_metrics_counter_add("image_server_variants_evicted_total", "", evicted);
         int n = worker_sweep_once(sw->store, sw->blobs, sw->grace_ms);
         if (n > 0)
             util_info("sweeper: collected %d unreferenced blob(s)", n);
@@ -101,7 +110,8 @@ static void *sweeper_main(void *arg)
 }
 
 struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_store *blobs,
-                                            int64_t interval_ms, int64_t blob_grace_ms)
+                                            int64_t interval_ms, int64_t blob_grace_ms,
+                                            int64_t variant_max_bytes)
 {
     struct worker_sweeper *sw = calloc(1, sizeof(*sw));
     if (sw == NULL)
@@ -110,6 +120,7 @@ struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_sto
     sw->blobs = blobs;
     sw->interval_ms = interval_ms;
     sw->grace_ms = blob_grace_ms;
+    sw->variant_max_bytes = variant_max_bytes;
     pthread_mutex_init(&sw->lock, NULL);
     pthread_cond_init(&sw->wake, NULL);
     if (pthread_create(&sw->thread, NULL, sweeper_main, sw) != 0) {

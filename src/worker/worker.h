@@ -16,7 +16,8 @@ struct worker_sweeper;
 /* Starts a thread that sweeps every interval_ms. Each step is idempotent and
  * safe with several processes sweeping the same storage. */
 struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_store *blobs,
-                                            int64_t interval_ms, int64_t blob_grace_ms);
+                                            int64_t interval_ms, int64_t blob_grace_ms,
+                                            int64_t variant_max_bytes);
 /* One sweep, synchronously (tests, and the thread's loop). Returns the
  * number of blobs collected, or -1. */
 int worker_sweep_once(struct store *store, struct blob_store *blobs, int64_t blob_grace_ms);
