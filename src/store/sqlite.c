@@ -12,7 +12,9 @@
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdarg.h>
 #include <string.h>
+#include <time.h>
 
 #include "store/store.h"
 
@@ -26,6 +28,10 @@ struct sqlite_store {
     sqlite3 *idle[POOL_MAX];     /* connections not in use */
     int nidle;
     GHashTable *touched;         /* "image_id\nplan" -> last use (ms), not yet written */
+    pthread_cond_t jobs_cv;      /* signalled (under lock) when a job may be ready */
+    uint64_t jobs_gen;           /* bumped with every signal */
+    store_job_done_fn done_fn;   /* finished-job callback */
+    void *done_arg;
 };
 
 /* Schema versions, applied in order, each in its own transaction. */
@@ -60,6 +66,32 @@ static const char *const MIGRATIONS[] = {
     "  PRIMARY KEY (image_id, plan));"
     "CREATE INDEX variants_sha256 ON variants(sha256);"
     "CREATE INDEX variants_last_used ON variants(last_used);",
+    /* 3: the job queue and idempotency keys (DESIGN §4). */
+    "CREATE TABLE jobs ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  image_id TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  status TEXT NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  max_attempts INTEGER NOT NULL,"
+    "  lease_owner TEXT,"
+    "  lease_expires_at INTEGER,"
+    "  run_at INTEGER NOT NULL,"
+    "  result_image_id TEXT,"
+    "  error_type TEXT,"
+    "  error_detail TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  started_at INTEGER,"
+    "  finished_at INTEGER);"
+    "CREATE INDEX jobs_ready ON jobs(status, run_at, seq);"
+    "CREATE INDEX jobs_lease ON jobs(status, lease_expires_at);"
+    "CREATE TABLE idempotency_keys ("
+    "  key TEXT PRIMARY KEY,"
+    "  hash TEXT NOT NULL,"
+    "  job_id TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL);"
+    "CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);",
 };
 #define NMIGRATIONS ((int)(sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0])))
 
@@ -567,10 +599,634 @@ done:
     return out;
 }
 
+/* ---- the job queue ------------------------------------------------------ */
+
+static const char *const STATUS_NAMES[] = {"queued", "running", "succeeded", "failed",
+                                           "canceled"};
+
+const char *store_job_status_name(enum store_job_status st)
+{
+    if ((int)st >= 0 && (size_t)st < sizeof(STATUS_NAMES) / sizeof(STATUS_NAMES[0]))
+        return STATUS_NAMES[st];
+    return "unknown";
+}
+
+int store_job_status_from_name(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof(STATUS_NAMES) / sizeof(STATUS_NAMES[0]); i++)
+        if (strcmp(STATUS_NAMES[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+void store_job_clear(struct store_job *job)
+{
+    free(job->spec);
+    memset(job, 0, sizeof(*job));
+}
+
+#define JOB_COLS                                                                               \
+    "seq, id, image_id, spec, status, attempts, max_attempts, lease_owner, lease_expires_at,"  \
+    " run_at, result_image_id, error_type, error_detail, created_at, started_at, finished_at"
+
+static void col_text(sqlite3_stmt *st, int i, char *out, size_t n)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    g_strlcpy(out, t ? (const char *)t : "", n);
+}
+
+static void read_job(sqlite3_stmt *st, struct store_job *j)
+{
+    memset(j, 0, sizeof(*j));
+    j->seq = sqlite3_column_int64(st, 0);
+    col_text(st, 1, j->id, sizeof(j->id));
+    col_text(st, 2, j->image_id, sizeof(j->image_id));
+    const unsigned char *spec = sqlite3_column_text(st, 3);
+    j->spec = strdup(spec ? (const char *)spec : "{}");
+    char status[16];
+    col_text(st, 4, status, sizeof(status));
+    int k = store_job_status_from_name(status);
+    j->status = k < 0 ? STORE_JOB_FAILED : (enum store_job_status)k;
+    j->attempts = sqlite3_column_int(st, 5);
+    j->max_attempts = sqlite3_column_int(st, 6);
+    col_text(st, 7, j->lease_owner, sizeof(j->lease_owner));
+    j->lease_expires_at_ms = sqlite3_column_int64(st, 8);
+    j->run_at_ms = sqlite3_column_int64(st, 9);
+    col_text(st, 10, j->result_image_id, sizeof(j->result_image_id));
+    col_text(st, 11, j->error_type, sizeof(j->error_type));
+    col_text(st, 12, j->error_detail, sizeof(j->error_detail));
+    j->created_at_ms = sqlite3_column_int64(st, 13);
+    j->started_at_ms = sqlite3_column_int64(st, 14);
+    j->finished_at_ms = sqlite3_column_int64(st, 15);
+}
+
+/* Wakes in-process waiters (caller must not hold s->lock). */
+static void jobs_signal(struct sqlite_store *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->jobs_gen++;
+    pthread_cond_broadcast(&s->jobs_cv);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void job_done(struct sqlite_store *s, const char *id)
+{
+    pthread_mutex_lock(&s->lock);
+    store_job_done_fn fn = s->done_fn;
+    void *arg = s->done_arg;
+    pthread_mutex_unlock(&s->lock);
+    if (fn)
+        fn(id, arg);
+}
+
+/* Reads one job by id on an open connection: 0, 1 when absent, -1 on error. */
+static int job_read(sqlite3 *db, const char *id, struct store_job *out, struct util_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT " JOB_COLS " FROM jobs WHERE id = ?", -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        db_error(db, rc, err, "reading a job");
+        return -1;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    int out_rc;
+    if (rc == SQLITE_ROW) {
+        read_job(st, out);
+        out_rc = 0;
+    } else if (rc == SQLITE_DONE) {
+        out_rc = 1;
+    } else {
+        db_error(db, rc, err, "reading a job");
+        out_rc = -1;
+    }
+    sqlite3_finalize(st);
+    return out_rc;
+}
+
+/* Prepares sql and binds text/int64 arguments described by fmt ('t', 'i',
+ * 'n' for NULL). */
+static sqlite3_stmt *prep(sqlite3 *db, const char *sql, const char *fmt, ...)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    for (int i = 0; fmt[i]; i++) {
+        if (fmt[i] == 't') {
+            const char *t = va_arg(ap, const char *);
+            sqlite3_bind_text(st, i + 1, t, -1, SQLITE_TRANSIENT);
+        } else if (fmt[i] == 'i') {
+            sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+        } else {
+            sqlite3_bind_null(st, i + 1);
+        }
+    }
+    va_end(ap);
+    return st;
+}
+
+/* Runs a prepared statement to completion; returns changes or -1. */
+static int run(sqlite3 *db, sqlite3_stmt *st, struct util_error *err, const char *what)
+{
+    if (st == NULL)
+        return db_error(db, sqlite3_errcode(db), err, what);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return db_error(db, rc, err, what);
+    return sqlite3_changes(db);
+}
+
+static int sq_job_enqueue(struct store *base, struct store_job *job, const char *idem_key,
+                          const char *idem_hash, int64_t jobs_max, bool *existing,
+                          struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *existing = false;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int out = -1;
+    sqlite3_stmt *st = NULL;
+    if (exec(db, "BEGIN IMMEDIATE", err, "queueing a job") != 0)
+        goto done;
+    if (idem_key && idem_key[0]) {
+        st = prep(db, "SELECT hash, job_id FROM idempotency_keys WHERE key = ?", "t", idem_key);
+        int rc = st ? sqlite3_step(st) : SQLITE_ERROR;
+        if (rc == SQLITE_ROW) {
+            bool same = strcmp((const char *)sqlite3_column_text(st, 0), idem_hash) == 0;
+            char job_id[UTIL_ID_LEN + 1];
+            col_text(st, 1, job_id, sizeof(job_id));
+            sqlite3_finalize(st);
+            st = NULL;
+            if (!same) {
+                util_error_set(err, UTIL_ERR_CONFLICT,
+                               "this Idempotency-Key was used with a different request");
+                goto done;
+            }
+            store_job_clear(job);
+            int r = job_read(db, job_id, job, err);
+            if (r == 0) {
+                *existing = true;
+                out = 0;
+            } else if (r == 1) {
+                util_error_set(err, UTIL_ERR_CONFLICT,
+                               "this Idempotency-Key names a job that no longer exists");
+            }
+            goto done;
+        }
+        if (rc != SQLITE_DONE) {
+            db_error(db, rc, err, "checking an idempotency key");
+            goto done;
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    st = prep(db, "SELECT 1 FROM images WHERE id = ?", "t", job->image_id);
+    int rc = st ? sqlite3_step(st) : SQLITE_ERROR;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == SQLITE_DONE) {
+        util_error_set(err, UTIL_ERR_NOT_FOUND, "no image has the id '%.40s'", job->image_id);
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        db_error(db, rc, err, "queueing a job");
+        goto done;
+    }
+    st = prep(db, "SELECT count(*) FROM jobs WHERE status = 'queued'", "");
+    rc = st ? sqlite3_step(st) : SQLITE_ERROR;
+    int64_t queued = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (queued < 0) {
+        db_error(db, rc, err, "counting queued jobs");
+        goto done;
+    }
+    if (queued >= jobs_max) {
+        util_error_set(err, UTIL_ERR_OVERLOADED,
+                       "the job queue is full (%lld queued); retry later", (long long)queued);
+        goto done;
+    }
+    int64_t now = util_now_ms();
+    job->status = STORE_JOB_QUEUED;
+    job->run_at_ms = now;
+    job->created_at_ms = now;
+    if (run(db,
+            prep(db,
+                 "INSERT INTO jobs (id, image_id, spec, status, max_attempts, run_at,"
+                 " created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                 "tttiii", job->id, job->image_id, job->spec, (int64_t)job->max_attempts, now,
+                 now),
+            err, "queueing a job") < 0)
+        goto done;
+    job->seq = sqlite3_last_insert_rowid(db);
+    if (idem_key && idem_key[0] &&
+        run(db,
+            prep(db,
+                 "INSERT INTO idempotency_keys (key, hash, job_id, created_at)"
+                 " VALUES (?, ?, ?, ?)",
+                 "ttti", idem_key, idem_hash, job->id, now),
+            err, "recording an idempotency key") < 0)
+        goto done;
+    if (exec(db, "COMMIT", err, "queueing a job") != 0)
+        goto done;
+    out = 0;
+    jobs_signal(s);
+done:
+    sqlite3_finalize(st);
+    release(s, db);
+    return out;
+}
+
+static int sq_job_get(struct store *base, const char *id, struct store_job *out,
+                      struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int r = job_read(db, id, out, err);
+    release(s, db);
+    if (r == 1)
+        return util_error_set(err, UTIL_ERR_NOT_FOUND, "no job has the id '%.40s'", id);
+    return r;
+}
+
+static int sq_job_list(struct store *base, int status, int64_t before_seq, int limit,
+                       struct store_job *items, int *n, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *n = 0;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    sqlite3_stmt *st;
+    if (status >= 0)
+        st = prep(db,
+                  "SELECT " JOB_COLS " FROM jobs WHERE seq < ? AND status = ?"
+                  " ORDER BY seq DESC LIMIT ?",
+                  "iti", before_seq > 0 ? before_seq : INT64_MAX,
+                  store_job_status_name((enum store_job_status)status), (int64_t)limit);
+    else
+        st = prep(db, "SELECT " JOB_COLS " FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                  "ii", before_seq > 0 ? before_seq : INT64_MAX, (int64_t)limit);
+    int rc = SQLITE_ERROR;
+    if (st) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < limit)
+            read_job(st, &items[(*n)++]);
+    }
+    int out = 0;
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        for (int i = 0; i < *n; i++)
+            store_job_clear(&items[i]);
+        *n = 0;
+        out = db_error(db, rc, err, "listing jobs");
+    }
+    sqlite3_finalize(st);
+    release(s, db);
+    return out;
+}
+
+static int sq_job_claim(struct store *base, const char *owner, int64_t lease_ms,
+                        struct store_job *out, bool *got, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *got = false;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int rc_out = -1;
+    sqlite3_stmt *st = NULL;
+    /* BEGIN IMMEDIATE takes the write lock first, so two claimers are
+     * serialised and never see the same queued row (DESIGN §4). */
+    if (exec(db, "BEGIN IMMEDIATE", err, "claiming a job") != 0)
+        goto done;
+    int64_t now = util_now_ms();
+    st = prep(db,
+              "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?"
+              " ORDER BY run_at, seq LIMIT 1",
+              "i", now);
+    int rc = st ? sqlite3_step(st) : SQLITE_ERROR;
+    if (rc == SQLITE_DONE) {
+        rc_out = 0;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        db_error(db, rc, err, "claiming a job");
+        goto done;
+    }
+    char id[UTIL_ID_LEN + 1];
+    col_text(st, 0, id, sizeof(id));
+    sqlite3_finalize(st);
+    st = NULL;
+    if (run(db,
+            prep(db,
+                 "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+                 " lease_owner = ?, lease_expires_at = ?,"
+                 " started_at = coalesce(started_at, ?) WHERE id = ?",
+                 "tiit", owner, now + lease_ms, now, id),
+            err, "claiming a job") < 0)
+        goto done;
+    if (job_read(db, id, out, err) != 0)
+        goto done;
+    if (exec(db, "COMMIT", err, "claiming a job") != 0) {
+        store_job_clear(out);
+        goto done;
+    }
+    *got = true;
+    rc_out = 0;
+done:
+    sqlite3_finalize(st);
+    release(s, db);
+    return rc_out;
+}
+
+static int sq_job_heartbeat(struct store *base, const char *id, const char *owner, int attempt,
+                            int64_t lease_ms, bool *held, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *held = false;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int n = run(db,
+                prep(db,
+                     "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running'"
+                     " AND lease_owner = ? AND attempts = ?",
+                     "itti", util_now_ms() + lease_ms, id, owner, (int64_t)attempt),
+                err, "renewing a lease");
+    release(s, db);
+    if (n < 0)
+        return -1;
+    *held = n == 1;
+    return 0;
+}
+
+#define FENCE " AND status = 'running' AND lease_owner = ? AND attempts = ?"
+
+static int sq_job_complete(struct store *base, const char *id, const char *owner, int attempt,
+                           struct store_image *result, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int out = -1;
+    if (exec(db, "BEGIN IMMEDIATE", err, "completing a job") != 0)
+        goto done;
+    int64_t now = util_now_ms();
+    int n = run(db,
+                prep(db,
+                     "UPDATE jobs SET status = 'succeeded', result_image_id = ?,"
+                     " finished_at = ?, lease_owner = NULL, lease_expires_at = NULL,"
+                     " error_type = NULL, error_detail = NULL WHERE id = ?" FENCE,
+                     "titti", result->id, now, id, owner, (int64_t)attempt),
+                err, "completing a job");
+    if (n < 0)
+        goto done;
+    if (n == 0) {
+        util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
+        goto done;
+    }
+    result->created_at_ms = now;
+    sqlite3_stmt *st = prep(db,
+                            "INSERT INTO images (id, sha256, format, width, height, pages,"
+                            " bytes, has_alpha, orientation, icc, created_at)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            "tttiiiiiiti", result->id, result->sha256, result->format,
+                            result->width, result->height, result->pages, result->bytes,
+                            (int64_t)result->has_alpha, (int64_t)result->orientation,
+                            result->icc, now);
+    if (st && !result->icc[0])
+        sqlite3_bind_null(st, 10);
+    if (run(db, st, err, "storing a job's result") < 0)
+        goto done;
+    result->seq = sqlite3_last_insert_rowid(db);
+    if (exec(db, "COMMIT", err, "completing a job") != 0)
+        goto done;
+    out = 0;
+done:
+    release(s, db);
+    if (out == 0)
+        job_done(s, id);
+    return out;
+}
+
+static int sq_job_fail(struct store *base, const char *id, const char *owner, int attempt,
+                       bool retry, int64_t backoff_ms, const char *type, const char *detail,
+                       struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int64_t now = util_now_ms();
+    /* One statement decides retry or failure from the row itself. */
+    int n = run(db,
+                prep(db,
+                     "UPDATE jobs SET"
+                     " status = CASE WHEN ?1 AND attempts < max_attempts"
+                     "   THEN 'queued' ELSE 'failed' END,"
+                     " run_at = CASE WHEN ?1 AND attempts < max_attempts"
+                     "   THEN ?2 + ?3 ELSE run_at END,"
+                     " finished_at = CASE WHEN ?1 AND attempts < max_attempts"
+                     "   THEN NULL ELSE ?2 END,"
+                     " lease_owner = NULL, lease_expires_at = NULL,"
+                     " error_type = ?4, error_detail = ?5"
+                     " WHERE id = ?6 AND status = 'running' AND lease_owner = ?7"
+                     " AND attempts = ?8",
+                     "iiitttti", (int64_t)retry, now, backoff_ms, type, detail, id, owner,
+                     (int64_t)attempt),
+                err, "recording a job failure");
+    int out = -1;
+    bool final = false;
+    if (n == 0) {
+        util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
+    } else if (n > 0) {
+        struct store_job j;
+        if (job_read(db, id, &j, err) == 0) {
+            final = j.status == STORE_JOB_FAILED;
+            store_job_clear(&j);
+        }
+        out = 0;
+    }
+    release(s, db);
+    if (out == 0) {
+        if (final)
+            job_done(s, id);
+        else
+            jobs_signal(s);
+    }
+    return out;
+}
+
+static int sq_job_cancel(struct store *base, const char *id, struct store_job *out,
+                         struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int rc = -1;
+    int n = run(db,
+                prep(db,
+                     "UPDATE jobs SET status = 'canceled', finished_at = ?,"
+                     " lease_owner = NULL, lease_expires_at = NULL"
+                     " WHERE id = ? AND status IN ('queued', 'running')",
+                     "it", util_now_ms(), id),
+                err, "canceling a job");
+    if (n >= 0) {
+        int r = job_read(db, id, out, err);
+        if (r == 1)
+            util_error_set(err, UTIL_ERR_NOT_FOUND, "no job has the id '%.40s'", id);
+        else if (r == 0 && n == 0)
+            util_error_set(err, UTIL_ERR_CONFLICT, "the job is already %s",
+                           store_job_status_name(out->status));
+        else if (r == 0)
+            rc = 0;
+    }
+    release(s, db);
+    if (rc == 0)
+        job_done(s, id);
+    return rc;
+}
+
+static int sq_job_rescue(struct store *base, int *requeued, int *failed, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *requeued = *failed = 0;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int out = -1;
+    GPtrArray *finals = g_ptr_array_new_with_free_func(g_free);
+    if (exec(db, "BEGIN IMMEDIATE", err, "rescuing expired leases") != 0)
+        goto done;
+    int64_t now = util_now_ms();
+    sqlite3_stmt *st = prep(db,
+                            "SELECT id FROM jobs WHERE status = 'running'"
+                            " AND lease_expires_at < ? AND attempts >= max_attempts",
+                            "i", now);
+    while (st && sqlite3_step(st) == SQLITE_ROW)
+        g_ptr_array_add(finals, g_strdup((const char *)sqlite3_column_text(st, 0)));
+    sqlite3_finalize(st);
+    int f = run(db,
+                prep(db,
+                     "UPDATE jobs SET status = 'failed', finished_at = ?1,"
+                     " lease_owner = NULL, lease_expires_at = NULL,"
+                     " error_type = '/problems/internal',"
+                     " error_detail = 'the worker stopped answering on its last attempt'"
+                     " WHERE status = 'running' AND lease_expires_at < ?1"
+                     " AND attempts >= max_attempts",
+                     "i", now),
+                err, "rescuing expired leases");
+    if (f < 0)
+        goto done;
+    int q = run(db,
+                prep(db,
+                     "UPDATE jobs SET status = 'queued', run_at = ?1,"
+                     " lease_owner = NULL, lease_expires_at = NULL,"
+                     " error_type = '/problems/internal',"
+                     " error_detail = 'the worker stopped answering; retried'"
+                     " WHERE status = 'running' AND lease_expires_at < ?1",
+                     "i", now),
+                err, "rescuing expired leases");
+    if (q < 0)
+        goto done;
+    if (exec(db, "COMMIT", err, "rescuing expired leases") != 0)
+        goto done;
+    *requeued = q;
+    *failed = f;
+    out = 0;
+done:
+    release(s, db);
+    if (out == 0) {
+        if (*requeued > 0)
+            jobs_signal(s);
+        for (guint i = 0; i < finals->len; i++)
+            job_done(s, g_ptr_array_index(finals, i));
+    }
+    g_ptr_array_free(finals, TRUE);
+    return out;
+}
+
+static int sq_idempotency_expire(struct store *base, int64_t older_than_ms, int *n,
+                                 struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    *n = 0;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int k = run(db,
+                prep(db, "DELETE FROM idempotency_keys WHERE created_at < ?", "i",
+                     older_than_ms),
+                err, "expiring idempotency keys");
+    release(s, db);
+    if (k < 0)
+        return -1;
+    *n = k;
+    return 0;
+}
+
+static int64_t sq_job_next_run_at(struct store *base)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    struct util_error err = {0};
+    sqlite3 *db = acquire(s, &err);
+    if (db == NULL)
+        return 0;
+    sqlite3_stmt *st = prep(db, "SELECT min(run_at) FROM jobs WHERE status = 'queued'", "");
+    int64_t v = 0;
+    if (st && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    release(s, db);
+    return v;
+}
+
+static void sq_job_wait(struct store *base, int64_t timeout_ms)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (timeout_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&s->lock);
+    uint64_t gen = s->jobs_gen;
+    while (s->jobs_gen == gen) {
+        if (pthread_cond_timedwait(&s->jobs_cv, &s->lock, &ts) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void sq_job_wake(struct store *base)
+{
+    jobs_signal((struct sqlite_store *)base);
+}
+
+static void sq_on_job_done(struct store *base, store_job_done_fn fn, void *arg)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    s->done_fn = fn;
+    s->done_arg = arg;
+    pthread_mutex_unlock(&s->lock);
+}
+
 static void sq_close(struct store *base)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     g_hash_table_destroy(s->touched);
+    pthread_cond_destroy(&s->jobs_cv);
     for (int i = 0; i < s->nidle; i++)
         sqlite3_close(s->idle[i]);
     pthread_mutex_destroy(&s->lock);
@@ -592,6 +1248,20 @@ static const struct store_ops SQLITE_OPS = {
     .variant_put = sq_variant_put,
     .variant_touch = sq_variant_touch,
     .variant_trim = sq_variant_trim,
+    .job_enqueue = sq_job_enqueue,
+    .job_get = sq_job_get,
+    .job_list = sq_job_list,
+    .job_claim = sq_job_claim,
+    .job_heartbeat = sq_job_heartbeat,
+    .job_complete = sq_job_complete,
+    .job_fail = sq_job_fail,
+    .job_cancel = sq_job_cancel,
+    .job_rescue = sq_job_rescue,
+    .idempotency_expire = sq_idempotency_expire,
+    .job_next_run_at = sq_job_next_run_at,
+    .job_wait = sq_job_wait,
+    .job_wake = sq_job_wake,
+    .on_job_done = sq_on_job_done,
 };
 
 struct store *store_sqlite_open(const char *path, struct util_error *err)
@@ -605,6 +1275,7 @@ struct store *store_sqlite_open(const char *path, struct util_error *err)
     s->path = strdup(path);
     s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->jobs_cv, NULL);
     /* Open one connection now so a bad path fails at start, not later. */
     sqlite3 *db = conn_open(s, err);
     if (db == NULL) {

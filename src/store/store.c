@@ -80,3 +80,83 @@ int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct 
 {
     return s->ops->variant_trim(s, max_bytes, evicted, err);
 }
+
+int store_job_enqueue(struct store *s, struct store_job *job, const char *idem_key,
+                      const char *idem_hash, int64_t jobs_max, bool *existing,
+                      struct util_error *err)
+{
+    return s->ops->job_enqueue(s, job, idem_key, idem_hash, jobs_max, existing, err);
+}
+
+int store_job_get(struct store *s, const char *id, struct store_job *out, struct util_error *err)
+{
+    return s->ops->job_get(s, id, out, err);
+}
+
+int store_job_list(struct store *s, int status, int64_t before_seq, int limit,
+                   struct store_job *out, int *n, struct util_error *err)
+{
+    return s->ops->job_list(s, status, before_seq, limit, out, n, err);
+}
+
+int store_job_claim(struct store *s, const char *owner, int64_t lease_ms, struct store_job *out,
+                    bool *got, struct util_error *err)
+{
+    return s->ops->job_claim(s, owner, lease_ms, out, got, err);
+}
+
+int store_job_heartbeat(struct store *s, const char *id, const char *owner, int attempt,
+                        int64_t lease_ms, bool *held, struct util_error *err)
+{
+    return s->ops->job_heartbeat(s, id, owner, attempt, lease_ms, held, err);
+}
+
+int store_job_complete(struct store *s, const char *id, const char *owner, int attempt,
+                       struct store_image *result, struct util_error *err)
+{
+    return s->ops->job_complete(s, id, owner, attempt, result, err);
+}
+
+int store_job_fail(struct store *s, const char *id, const char *owner, int attempt, bool retry,
+                   int64_t backoff_ms, const char *type, const char *detail,
+                   struct util_error *err)
+{
+    return s->ops->job_fail(s, id, owner, attempt, retry, backoff_ms, type, detail, err);
+}
+
+int store_job_cancel(struct store *s, const char *id, struct store_job *out,
+                     struct util_error *err)
+{
+    return s->ops->job_cancel(s, id, out, err);
+}
+
+int store_job_rescue(struct store *s, int *requeued, int *failed, struct util_error *err)
+{
+    return s->ops->job_rescue(s, requeued, failed, err);
+}
+
+int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n,
+                             struct util_error *err)
+{
+    return s->ops->idempotency_expire(s, older_than_ms, n, err);
+}
+
+int64_t store_job_next_run_at(struct store *s)
+{
+    return s->ops->job_next_run_at(s);
+}
+
+void store_job_wait(struct store *s, int64_t timeout_ms)
+{
+    s->ops->job_wait(s, timeout_ms);
+}
+
+void store_job_wake(struct store *s)
+{
+    s->ops->job_wake(s);
+}
+
+void store_on_job_done(struct store *s, store_job_done_fn fn, void *arg)
+{
+    s->ops->on_job_done(s, fn, arg);
+}

@@ -46,6 +46,41 @@ struct store_variant {
     int64_t last_used_ms;              /* last served (flushed lazily) */
 };
 
+/* Job states (DESIGN §3). */
+enum store_job_status {
+    STORE_JOB_QUEUED,
+    STORE_JOB_RUNNING,
+    STORE_JOB_SUCCEEDED,
+    STORE_JOB_FAILED,
+    STORE_JOB_CANCELED,
+};
+
+/* One job. Strings are fixed-size except spec, which the store allocates
+ * on reads (free it with store_job_clear). */
+struct store_job {
+    char id[UTIL_ID_LEN + 1];              /* public id */
+    char image_id[UTIL_ID_LEN + 1];        /* the source image */
+    char *spec;                            /* {"operations":[...],"output":{...}} as JSON text */
+    enum store_job_status status;          /* state */
+    int attempts;                          /* claims so far */
+    int max_attempts;                      /* claims allowed */
+    char lease_owner[64];                  /* worker holding the lease, "" if none */
+    int64_t lease_expires_at_ms;           /* 0 if none */
+    int64_t run_at_ms;                     /* not claimed before this (backoff) */
+    char result_image_id[UTIL_ID_LEN + 1]; /* "" until succeeded */
+    char error_type[48];                   /* "/problems/..." or "" */
+    char error_detail[256];                /* "" if none */
+    int64_t created_at_ms;                 /* wall clock */
+    int64_t started_at_ms;                 /* first claim, 0 if never */
+    int64_t finished_at_ms;                /* 0 until succeeded, failed or canceled */
+    int64_t seq;                           /* insertion order, for lists */
+};
+
+/* Called when a job reaches succeeded, failed or canceled (possibly in
+ * another process, for backends that can tell). Runs on a store thread:
+ * it must not block. */
+typedef void (*store_job_done_fn)(const char *job_id, void *arg);
+
 /* The operations of one backend (libuv style: chosen once at start-up). */
 struct store_ops {
     const char *name;
@@ -67,6 +102,31 @@ struct store_ops {
                           int64_t now_ms);
     int (*variant_trim)(struct store *s, int64_t max_bytes, int *evicted,
                         struct util_error *err);
+    int (*job_enqueue)(struct store *s, struct store_job *job, const char *idem_key,
+                       const char *idem_hash, int64_t jobs_max, bool *existing,
+                       struct util_error *err);
+    int (*job_get)(struct store *s, const char *id, struct store_job *out,
+                   struct util_error *err);
+    int (*job_list)(struct store *s, int status, int64_t before_seq, int limit,
+                    struct store_job *out, int *n, struct util_error *err);
+    int (*job_claim)(struct store *s, const char *owner, int64_t lease_ms, struct store_job *out,
+                     bool *got, struct util_error *err);
+    int (*job_heartbeat)(struct store *s, const char *id, const char *owner, int attempt,
+                         int64_t lease_ms, bool *held, struct util_error *err);
+    int (*job_complete)(struct store *s, const char *id, const char *owner, int attempt,
+                        struct store_image *result, struct util_error *err);
+    int (*job_fail)(struct store *s, const char *id, const char *owner, int attempt,
+                    bool retry, int64_t backoff_ms, const char *type, const char *detail,
+                    struct util_error *err);
+    int (*job_cancel)(struct store *s, const char *id, struct store_job *out,
+                      struct util_error *err);
+    int (*job_rescue)(struct store *s, int *requeued, int *failed, struct util_error *err);
+    int (*idempotency_expire)(struct store *s, int64_t older_than_ms, int *n,
+                              struct util_error *err);
+    int64_t (*job_next_run_at)(struct store *s);
+    void (*job_wait)(struct store *s, int64_t timeout_ms);
+    void (*job_wake)(struct store *s);
+    void (*on_job_done)(struct store *s, store_job_done_fn fn, void *arg);
 };
 
 struct store {
@@ -116,6 +176,72 @@ void store_variant_touch(struct store *s, const char *image_id, const char *plan
  * until their bytes fit in max_bytes (their blobs are collected later by the
  * blob sweep). *evicted is the number of rows deleted. */
 int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err);
+
+/* ---- the job queue (DESIGN §4) ------------------------------------------
+ * Every transition is one transaction. Fencing: heartbeat, complete and
+ * fail act only while the caller still holds the lease (same owner, same
+ * attempt, status running); otherwise they change nothing and report
+ * UTIL_ERR_CONFLICT (or *held = false), so a worker that lost its lease can
+ * never overwrite the outcome of the one that took over, nor a cancel. */
+
+/* Queues job (id, image_id, spec and max_attempts set by the caller; the
+ * store fills status, run_at, created_at, seq). With idem_key: if the key
+ * was used before, the first job is returned in *job and *existing is set
+ * when idem_hash (a digest of the request) matches, else UTIL_ERR_CONFLICT.
+ * UTIL_ERR_NOT_FOUND for an unknown image, UTIL_ERR_OVERLOADED when
+ * jobs_max jobs are already queued. Idempotency keys are kept 24 hours. */
+int store_job_enqueue(struct store *s, struct store_job *job, const char *idem_key,
+                      const char *idem_hash, int64_t jobs_max, bool *existing,
+                      struct util_error *err);
+/* UTIL_ERR_NOT_FOUND for an unknown id. The caller frees with store_job_clear. */
+int store_job_get(struct store *s, const char *id, struct store_job *out, struct util_error *err);
+/* Newest first; status is an enum store_job_status or -1 for all. out has
+ * room for limit jobs; the caller clears each. */
+int store_job_list(struct store *s, int status, int64_t before_seq, int limit,
+                   struct store_job *out, int *n, struct util_error *err);
+/* Claims the queued job with the oldest run_at that is due: status
+ * running, attempts + 1, lease to owner for lease_ms. *got is false when
+ * none is due. Two claimers never get the same job. */
+int store_job_claim(struct store *s, const char *owner, int64_t lease_ms, struct store_job *out,
+                    bool *got, struct util_error *err);
+/* Extends the lease; *held is false when the caller lost it (expired and
+ * taken over, or the job was canceled): the worker must stop. */
+int store_job_heartbeat(struct store *s, const char *id, const char *owner, int attempt,
+                        int64_t lease_ms, bool *held, struct util_error *err);
+/* In one transaction: inserts the result image row (its blob is already
+ * durable) and marks the job succeeded. UTIL_ERR_CONFLICT if the lease is
+ * not held (nothing is written). */
+int store_job_complete(struct store *s, const char *id, const char *owner, int attempt,
+                       struct store_image *result, struct util_error *err);
+/* Records a failure: with retry and attempts left, the job is queued again
+ * to run after backoff_ms; else it is failed with the error. Fenced. */
+int store_job_fail(struct store *s, const char *id, const char *owner, int attempt, bool retry,
+                   int64_t backoff_ms, const char *type, const char *detail,
+                   struct util_error *err);
+/* Cancels a queued or running job (finished_at set now) and returns it;
+ * UTIL_ERR_CONFLICT for a finished job (*out still filled). */
+int store_job_cancel(struct store *s, const char *id, struct store_job *out,
+                     struct util_error *err);
+/* Sweeper: running jobs whose lease expired go back to queued, or to failed
+ * when that was their last attempt. Idempotent; safe from many processes. */
+int store_job_rescue(struct store *s, int *requeued, int *failed, struct util_error *err);
+/* Sweeper: drops idempotency keys created before older_than_ms. */
+int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n,
+                             struct util_error *err);
+/* The earliest run_at of a queued job, or 0 when none (for sleeping). */
+int64_t store_job_next_run_at(struct store *s);
+/* Sleeps until a job may have become ready (an enqueue or a retry in this
+ * process, a notification from another) or timeout_ms passes. */
+void store_job_wait(struct store *s, int64_t timeout_ms);
+/* Wakes every store_job_wait (shutdown). */
+void store_job_wake(struct store *s);
+/* Registers the callback for finished jobs (one per store). */
+void store_on_job_done(struct store *s, store_job_done_fn fn, void *arg);
+/* Frees what a read allocated (spec) and zeroes the job. */
+void store_job_clear(struct store_job *job);
+/* "queued", "running", ... and back (-1 if unknown). */
+const char *store_job_status_name(enum store_job_status st);
+int store_job_status_from_name(const char *name);
 
 /* Backends. */
 struct store *store_sqlite_open(const char *path, struct util_error *err);
