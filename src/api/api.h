@@ -24,6 +24,8 @@ struct api_ctx {
     struct blob_store *blobs;  /* bytes */
     struct ops_limits limits;  /* pixel limits and deadline */
     bool variant_cache;        /* --variant-cache */
+    int64_t jobs_max;          /* queued jobs before POST /v1/jobs is 503 */
+    int64_t max_attempts;      /* attempts per job */
 };
 
 /* Registers the variant single-flight table; call once before serving. */
@@ -62,6 +64,12 @@ bool api_variant(struct http_request *req, struct api_ctx *ctx, enum http_next *
 
 /* Handlers (images.c, variants.c, transform.c, health.c). */
 enum http_next api_transform(struct http_request *req, void *ctx);
+enum http_next api_jobs_create(struct http_request *req, void *ctx);
+enum http_next api_jobs_get(struct http_request *req, void *ctx);
+enum http_next api_jobs_list(struct http_request *req, void *ctx);
+enum http_next api_jobs_cancel(struct http_request *req, void *ctx);
+/* Job metrics (jobs by status at scrape time). */
+void api_jobs_metrics_init(struct api_ctx *ctx);
 enum http_next api_images_create(struct http_request *req, void *ctx);
 enum http_next api_images_get(struct http_request *req, void *ctx);
 enum http_next api_images_info(struct http_request *req, void *ctx);

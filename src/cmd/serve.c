@@ -47,6 +47,11 @@ static void make_parent(const char *url)
     free(path);
 }
 
+static void on_job_done(const char *job_id, void *arg)
+{
+    http_server_wake(arg, job_id);
+}
+
 int cmd_serve(int argc, char **argv, const char *argv0)
 {
     struct util_config cfg;
@@ -84,6 +89,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     struct util_pool *pool = NULL;
     struct http_server *srv = NULL;
     struct worker_sweeper *sweeper = NULL;
+    struct worker_jobs *workers = NULL;
 
     int cores = util_cores();
     int concurrency = cfg.concurrency > 0 ? (int)cfg.concurrency : cores;
@@ -112,9 +118,12 @@ int cmd_serve(int argc, char **argv, const char *argv0)
                    .max_output_pixels = cfg.max_output_pixels,
                    .timeout_ms = cfg.timeout_ms},
         .variant_cache = cfg.variant_cache,
+        .jobs_max = cfg.jobs_max,
+        .max_attempts = cfg.max_attempts,
     };
     api_metrics_init(&ctx);
     api_variants_init();
+    api_jobs_metrics_init(&ctx);
     size_t nroutes;
     const struct http_route *routes = api_routes(&nroutes);
     struct http_server_config hc = {
@@ -133,6 +142,20 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     srv = http_server_start(&hc, &err);
     if (srv == NULL)
         goto fail;
+    /* A finished job wakes the GET ?wait= requests parked on its id. */
+    store_on_job_done(store, on_job_done, srv);
+    struct worker_jobs_config wc = {
+        .store = store,
+        .blobs = blobs,
+        .limits = ctx.limits,
+        .workers = cfg.workers > 0 ? (int)cfg.workers : cores,
+        .lease_ms = cfg.lease_ms,
+    };
+    workers = worker_jobs_start(&wc);
+    if (workers == NULL) {
+        util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the job workers");
+        goto fail;
+    }
     sweeper = worker_sweeper_start(store, blobs, cfg.sweep_interval_ms, cfg.blob_grace_ms,
                                    cfg.variant_cache_max_bytes);
     if (sweeper == NULL) {
@@ -157,6 +180,11 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         ;
     util_info("received %s: stopping (in-flight requests have %lld ms)", strsignal(sig),
               (long long)cfg.shutdown_timeout_ms);
+    /* Workers first: they finish or release their jobs; the HTTP side then
+     * answers what is in flight. */
+    store_on_job_done(store, NULL, NULL);
+    worker_jobs_stop(workers, cfg.shutdown_timeout_ms);
+    workers = NULL;
     int abandoned = http_server_stop(srv, cfg.shutdown_timeout_ms);
     srv = NULL;
     worker_sweeper_stop(sweeper);
@@ -177,6 +205,9 @@ int cmd_serve(int argc, char **argv, const char *argv0)
 fail:
     fprintf(stderr, "image-server: serve: %s\n", err.detail);
 out:
+    if (store)
+        store_on_job_done(store, NULL, NULL);
+    worker_jobs_stop(workers, 0);
     if (srv)
         http_server_stop(srv, 0);
     worker_sweeper_stop(sweeper);

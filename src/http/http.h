@@ -25,6 +25,7 @@ struct http_request;
 enum http_next {
     HTTP_DONE,        /* a response has been set */
     HTTP_RUN_ON_POOL, /* call me again on a processing thread */
+    HTTP_WAIT,        /* park the request (see http_request_wait) */
 };
 
 typedef enum http_next (*http_handler)(struct http_request *req, void *ctx);
@@ -91,6 +92,18 @@ bool http_request_on_pool(struct http_request *req);
  * ends. */
 void http_request_set_state(struct http_request *req, void *state, void (*free_fn)(void *));
 void *http_request_state(struct http_request *req);
+
+/* Parks the request without holding any thread: the connection is
+ * suspended until http_server_wake(key) or timeout_ms, then the handler
+ * runs again on an I/O thread with http_request_woken() true. Call it
+ * BEFORE checking whether there is anything to wait for, then return
+ * HTTP_WAIT (or answer at once, ignoring the wait): a wake that comes
+ * between the check and the park is not lost. */
+void http_request_wait(struct http_request *req, const char *key, int64_t timeout_ms);
+/* True when the handler runs again after a wait (woken or timed out). */
+bool http_request_woken(struct http_request *req);
+/* Wakes every request waiting on key. Thread-safe, never blocks for long. */
+void http_server_wake(struct http_server *srv, const char *key);
 
 /* ---- responses (set once per request) ----------------------------------- */
 

@@ -45,6 +45,8 @@ enum req_state {
     ST_NEW,     /* not routed yet */
     ST_BODY,    /* receiving the body */
     ST_POOL,    /* suspended, waiting for or running on the pool */
+    ST_WAIT,    /* suspended by the handler until woken or timed out */
+    ST_RERUN,   /* woken: run the handler again */
     ST_READY,   /* the answer is set and can be queued */
     ST_QUEUED,  /* the answer was queued */
 };
@@ -65,6 +67,11 @@ struct http_server {
     int inflight;                  /* requests suspended for the pool */
     struct http_request *pooled;   /* list of those requests */
     int open_requests;             /* requests not yet completed */
+    struct http_request *waiting;  /* parked requests (HTTP_WAIT) */
+    GHashTable *recent_wakes;      /* key -> monotonic ms of its last wake (kept 10 s) */
+    pthread_t timer;               /* resumes parked requests past their deadline */
+    bool timer_stop;
+    pthread_cond_t timer_cv;
     GHashTable *clients;           /* address -> open connections (int in pointer) */
     struct cidr exempt[MAX_EXEMPT];
     int nexempt;
@@ -90,6 +97,11 @@ struct http_request {
     char peer[INET6_ADDRSTRLEN];
     int64_t start_us;
     bool on_pool;
+    bool woken;                  /* the handler runs again after a wait */
+    char *wait_key;              /* what it waits for */
+    int64_t wait_until_ms;       /* monotonic deadline of the wait */
+    int64_t wait_since_ms;       /* when the handler asked to wait (before it checked) */
+    struct http_request *wnext;  /* in srv->waiting */
     /* body */
     char *body;                  /* malloc'd (Content-Length known) or mmap'd (chunked) */
     size_t body_len, body_cap;
@@ -152,6 +164,7 @@ static void req_free(struct http_request *req)
     }
     free(req->path);
     free(req->raw_uri);
+    free(req->wait_key);
     if (req->body_mapped)
         munmap(req->body, req->body_len);
     else
@@ -271,6 +284,111 @@ void http_request_set_state(struct http_request *req, void *state, void (*free_f
 void *http_request_state(struct http_request *req)
 {
     return req->state_ptr;
+}
+
+void http_request_wait(struct http_request *req, const char *key, int64_t timeout_ms)
+{
+    free(req->wait_key);
+    req->wait_key = strdup(key);
+    req->wait_since_ms = util_monotonic_ms();
+    req->wait_until_ms = req->wait_since_ms + timeout_ms;
+}
+
+bool http_request_woken(struct http_request *req)
+{
+    return req->woken;
+}
+
+/* Resumes parked requests matching key (NULL: those past their deadline,
+ * or all when everything stops). */
+static void resume_waiting(struct http_server *srv, const char *key, bool all)
+{
+    struct http_request *list = NULL;
+    int64_t now = util_monotonic_ms();
+    pthread_mutex_lock(&srv->lock);
+    for (struct http_request **p = &srv->waiting; *p;) {
+        struct http_request *r = *p;
+        bool hit = all || (key ? (r->wait_key && strcmp(r->wait_key, key) == 0)
+                               : r->wait_until_ms <= now);
+        if (!hit) {
+            p = &r->wnext;
+            continue;
+        }
+        *p = r->wnext;
+        r->state = ST_RERUN;
+        r->woken = true;
+        r->wnext = list;
+        list = r;
+    }
+    pthread_mutex_unlock(&srv->lock);
+    for (struct http_request *r = list, *nx; r; r = nx) {
+        nx = r->wnext;
+        r->wnext = NULL;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+void http_server_wake(struct http_server *srv, const char *key)
+{
+    /* Remembered for a while: a handler that checked just before the wake
+     * and parks just after it must not sleep until its timeout. */
+    pthread_mutex_lock(&srv->lock);
+    if (g_hash_table_size(srv->recent_wakes) < 100000)
+        g_hash_table_replace(srv->recent_wakes, g_strdup(key),
+                             (gpointer)(intptr_t)util_monotonic_ms());
+    pthread_mutex_unlock(&srv->lock);
+    resume_waiting(srv, key, false);
+}
+
+static gboolean wake_expired(gpointer key, gpointer value, gpointer now)
+{
+    (void)key;
+    return (intptr_t)value < (intptr_t)now - 10000;
+}
+
+static void *timer_main(void *arg)
+{
+    struct http_server *srv = arg;
+    pthread_mutex_lock(&srv->lock);
+    while (!srv->timer_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&srv->timer_cv, &srv->lock, &ts);
+        g_hash_table_foreach_remove(srv->recent_wakes, wake_expired,
+                                    (gpointer)(intptr_t)util_monotonic_ms());
+        if (srv->waiting == NULL)
+            continue;
+        pthread_mutex_unlock(&srv->lock);
+        resume_waiting(srv, NULL, false);
+        pthread_mutex_lock(&srv->lock);
+    }
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
+/* Parks the request (the handler returned HTTP_WAIT). */
+static void park(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    pthread_mutex_lock(&srv->lock);
+    gpointer woke = req->wait_key ? g_hash_table_lookup(srv->recent_wakes, req->wait_key) : NULL;
+    if (srv->stopping || req->wait_key == NULL ||
+        (woke && (intptr_t)woke >= req->wait_since_ms)) {
+        pthread_mutex_unlock(&srv->lock);
+        req->state = ST_RERUN; /* answer now */
+        req->woken = true;
+        return;
+    }
+    req->state = ST_WAIT;
+    req->wnext = srv->waiting;
+    srv->waiting = req;
+    pthread_mutex_unlock(&srv->lock);
+    MHD_suspend_connection(req->conn);
 }
 
 /* ---- responses ---------------------------------------------------------- */
@@ -642,6 +760,24 @@ static enum MHD_Result queue(struct http_request *req)
     return MHD_queue_response(req->conn, (unsigned)req->status, req->response);
 }
 
+/* Runs the handler on the I/O thread and acts on what it asks for. */
+static enum MHD_Result dispatch(struct http_request *req)
+{
+    enum http_next next = req->route->fn(req, req->srv->cfg.ctx);
+    if (next == HTTP_RUN_ON_POOL) {
+        to_pool(req);
+        if (req->state == ST_POOL)
+            return MHD_YES;
+    } else if (next == HTTP_WAIT) {
+        park(req);
+        if (req->state == ST_WAIT)
+            return MHD_YES;
+        return dispatch(req); /* not parked (stopping): answer at once */
+    }
+    req->state = ST_READY;
+    return queue(req);
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_data_size,
@@ -744,18 +880,14 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
             req->body = m;
             req->body_mapped = true;
         }
-        enum http_next next = req->route->fn(req, srv->cfg.ctx);
-        if (next == HTTP_RUN_ON_POOL) {
-            to_pool(req);
-            if (req->state == ST_POOL)
-                return MHD_YES;
-        }
-        req->state = ST_READY;
-        return queue(req);
+        return dispatch(req);
     }
+    case ST_RERUN:
+        return dispatch(req);
     case ST_READY:
         return queue(req);
     case ST_POOL:
+    case ST_WAIT:
         return MHD_YES; /* spurious call while suspended */
     case ST_QUEUED:
     case ST_NEW:
@@ -1022,6 +1154,7 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
     pthread_mutex_init(&srv->lock, NULL);
     pthread_cond_init(&srv->drained, NULL);
     srv->clients = g_hash_table_new_full(g_str_hash, g_str_equal, free, NULL);
+    srv->recent_wakes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     if (parse_cidrs(srv, cfg->limit_exempt, err) != 0 ||
@@ -1051,9 +1184,16 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = di ? di->port : 0;
+    pthread_cond_init(&srv->timer_cv, NULL);
+    if (pthread_create(&srv->timer, NULL, timer_main, srv) != 0) {
+        MHD_stop_daemon(srv->daemon);
+        util_error_set(err, UTIL_ERR_INTERNAL, "could not start the timer thread");
+        goto fail;
+    }
     return srv;
 fail:
     g_hash_table_destroy(srv->clients);
+    g_hash_table_destroy(srv->recent_wakes);
     free(srv);
     return NULL;
 }
@@ -1071,6 +1211,13 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     MHD_socket lfd = MHD_quiesce_daemon(srv->daemon);
     if (lfd != MHD_INVALID_SOCKET)
         close(lfd);
+    /* Parked requests answer now, with what there is. */
+    resume_waiting(srv, NULL, true);
+    pthread_mutex_lock(&srv->lock);
+    srv->timer_stop = true;
+    pthread_cond_broadcast(&srv->timer_cv);
+    pthread_mutex_unlock(&srv->lock);
+    pthread_join(srv->timer, NULL);
 
     /* Let requests on the pool finish, up to the deadline. */
     int64_t end = util_monotonic_ms() + deadline_ms;
@@ -1131,6 +1278,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     pthread_mutex_unlock(&srv->lock);
     MHD_stop_daemon(srv->daemon);
     g_hash_table_destroy(srv->clients);
+    g_hash_table_destroy(srv->recent_wakes);
     if (abandoned == 0) {
         pthread_mutex_destroy(&srv->lock);
         pthread_cond_destroy(&srv->drained);

@@ -445,12 +445,8 @@ static int finish_resize(VipsImage **img, const struct ops_resize *r,
         return 0;
     if (W >= g->box_w && H >= g->box_h) {
         if (r->gravity == OPS_GRAVITY_ENTROPY || r->gravity == OPS_GRAVITY_ATTENTION) {
-            /* smartcrop reads the image twice (analysis, then the crop): a
-             * sequential (shrink-on-load) source must be in memory first.
-             * It is already scaled, so this is the size of the result. */
-            out = vips_image_copy_memory(*img);
-            if (take(img, out, out ? 0 : -1) != 0)
-                return -1;
+            /* smartcrop reads the image twice; ops_execute makes sure a
+             * shrink-on-load source is in memory first. */
             return take(img, out,
                         vips_smartcrop(*img, &out, (int)g->box_w, (int)g->box_h, "interesting",
                                        r->gravity == OPS_GRAVITY_ENTROPY
@@ -653,7 +649,19 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
             return ops_vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image cannot be decoded");
         img = t;
         /* thumbnail already imported any ICC profile and exported sRGB. */
-        if (to_srgb(&img, false) != 0 || run_frames(&img, pages, plan, 1, fmt, &g) != 0)
+        if (to_srgb(&img, false) != 0)
+            goto fail;
+        /* thumbnail's output streams from a sequential decoder: steps that
+         * read out of order (rotations, vertical flips, smart crops, frame
+         * splitting) need it in memory. It is already scaled down (and the
+         * geometry check bounded it), so this costs the result's size. */
+        if (plan->nsteps > 1 || pages > 1 || first->resize.gravity == OPS_GRAVITY_ENTROPY ||
+            first->resize.gravity == OPS_GRAVITY_ATTENTION) {
+            VipsImage *mem = vips_image_copy_memory(img);
+            if (take(&img, mem, mem ? 0 : -1) != 0)
+                goto fail;
+        }
+        if (run_frames(&img, pages, plan, 1, fmt, &g) != 0)
             goto fail;
     } else {
         VipsImage *out;
@@ -672,8 +680,14 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
             goto fail;
     }
     struct ops_deadline dl;
-    ops_watch_deadline(img, &dl, limits->timeout_ms);
+    ops_watch_deadline(img, &dl, limits->timeout_ms, limits->cancel);
     if (encode(img, fmt, &plan->output, &res->buf, &res->len) != 0) {
+        if (dl.canceled) {
+            vips_error_clear();
+            util_error_set(err, UTIL_ERR_CONFLICT, "the work was canceled");
+            g_object_unref(img);
+            return -1;
+        }
         if (dl.hit) {
             vips_error_clear();
             util_error_set(err, UTIL_ERR_TIMEOUT, "processing took longer than %lld ms",
@@ -684,6 +698,7 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         goto fail;
     }
     g_strlcpy(res->format, ops_output_format_name(fmt), sizeof(res->format));
+    res->has_alpha = vips_image_hasalpha(img);
     res->width = img->Xsize;
     res->pages = pages > 1 && all_pages ? pages : 1;
     res->height = img->Ysize / res->pages;

@@ -24,6 +24,7 @@ struct ops_limits {
     int64_t max_pixels_progressive; /* the same when it cannot shrink on load */
     int64_t max_output_pixels;      /* final size */
     int64_t timeout_ms;             /* deadline of one decode/transform */
+    const volatile int *cancel;     /* when not NULL and set, the work stops (job canceled) */
 };
 
 /* What probing an image found. */
@@ -62,6 +63,7 @@ struct ops_result {
     int64_t width;    /* one frame */
     int64_t height;   /* one frame */
     int64_t pages;    /* frames written (animated GIF/WebP), >= 1 */
+    bool has_alpha;   /* an alpha band was written */
 };
 
 /* Sizes of one resize step (ops_resize_geometry): the image is scaled to
@@ -97,7 +99,8 @@ int ops_plan_geometry(const struct ops_plan *plan, int64_t width, int64_t height
  * format ops_resolve_format gives for the source and `accept` (may be
  * NULL). Applies the checks of ops_probe that need no pixels, then
  * ops_plan_geometry, before any pixel is made; kills the work past
- * limits->timeout_ms (UTIL_ERR_TIMEOUT). */
+ * limits->timeout_ms (UTIL_ERR_TIMEOUT) or once *limits->cancel is set
+ * (UTIL_ERR_CONFLICT). */
 int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const char *accept,
                 const struct ops_limits *limits, struct ops_result *res, struct util_error *err);
 

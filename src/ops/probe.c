@@ -44,8 +44,26 @@ const char *ops_mime_type(const char *format)
     return NULL;
 }
 
+/* libvips reports each failed tile as a GLib warning ("error in tile 0 x
+ * 176") before the operation fails with the real error, which we report:
+ * those lines would flood the log under a stream of bad images. Other
+ * libvips warnings go to our log as one line each. */
+static void log_vips(const gchar *domain, GLogLevelFlags level, const gchar *msg, gpointer arg)
+{
+    (void)domain;
+    (void)arg;
+    if (msg == NULL || strncmp(msg, "error in tile", 13) == 0)
+        return;
+    if (level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL))
+        util_error("libvips: %s", msg);
+    else if (level & G_LOG_LEVEL_WARNING)
+        util_warn("libvips: %s", msg);
+}
+
 int ops_init(const char *argv0, int vips_threads, struct util_error *err)
 {
+    g_log_set_handler("VIPS", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION,
+                      log_vips, NULL);
     if (VIPS_INIT(argv0 ? argv0 : "image-server") != 0)
         return util_error_set(err, UTIL_ERR_INTERNAL, "libvips failed to start: %s",
                               vips_error_buffer());
@@ -92,7 +110,10 @@ static void on_eval(VipsImage *image, VipsProgress *progress, void *arg)
 {
     (void)progress;
     struct ops_deadline *d = arg;
-    if (util_monotonic_ms() > d->end_ms) {
+    if (d->cancel && *d->cancel) {
+        d->canceled = true;
+        vips_image_set_kill(image, TRUE);
+    } else if (util_monotonic_ms() > d->end_ms) {
         d->hit = true;
         vips_image_set_kill(image, TRUE);
     }
@@ -192,10 +213,13 @@ int ops_open_checked(const void *buf, size_t len, const struct ops_limits *limit
     return 0;
 }
 
-void ops_watch_deadline(VipsImage *image, struct ops_deadline *d, int64_t timeout_ms)
+void ops_watch_deadline(VipsImage *image, struct ops_deadline *d, int64_t timeout_ms,
+                        const volatile int *cancel)
 {
     d->end_ms = util_monotonic_ms() + timeout_ms;
+    d->cancel = cancel;
     d->hit = false;
+    d->canceled = false;
     vips_image_set_progress(image, TRUE);
     g_signal_connect(image, "eval", G_CALLBACK(on_eval), d);
 }
@@ -210,7 +234,7 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
      * strips, so memory stays small whatever the size. */
     int rc = 0;
     struct ops_deadline dl;
-    ops_watch_deadline(image, &dl, limits->timeout_ms);
+    ops_watch_deadline(image, &dl, limits->timeout_ms, limits->cancel);
     double avg;
     if (vips_avg(image, &avg, NULL) != 0) {
         if (dl.hit) {

@@ -1188,6 +1188,27 @@ static int64_t sq_job_next_run_at(struct store *base)
     return v;
 }
 
+static int sq_job_counts(struct store *base, int64_t counts[5], struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    for (int i = 0; i < 5; i++)
+        counts[i] = 0;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    sqlite3_stmt *st = prep(db, "SELECT status, count(*) FROM jobs GROUP BY status", "");
+    int rc = SQLITE_ERROR;
+    while (st && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int k = store_job_status_from_name((const char *)sqlite3_column_text(st, 0));
+        if (k >= 0)
+            counts[k] = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    int out = rc == SQLITE_DONE ? 0 : db_error(db, rc, err, "counting jobs");
+    release(s, db);
+    return out;
+}
+
 static void sq_job_wait(struct store *base, int64_t timeout_ms)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
@@ -1259,6 +1280,7 @@ static const struct store_ops SQLITE_OPS = {
     .job_rescue = sq_job_rescue,
     .idempotency_expire = sq_idempotency_expire,
     .job_next_run_at = sq_job_next_run_at,
+    .job_counts = sq_job_counts,
     .job_wait = sq_job_wait,
     .job_wake = sq_job_wake,
     .on_job_done = sq_on_job_done,

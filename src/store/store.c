@@ -160,3 +160,8 @@ void store_on_job_done(struct store *s, store_job_done_fn fn, void *arg)
 {
     s->ops->on_job_done(s, fn, arg);
 }
+
+int store_job_counts(struct store *s, int64_t counts[5], struct util_error *err)
+{
+    return s->ops->job_counts(s, counts, err);
+}

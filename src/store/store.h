@@ -124,6 +124,7 @@ struct store_ops {
     int (*idempotency_expire)(struct store *s, int64_t older_than_ms, int *n,
                               struct util_error *err);
     int64_t (*job_next_run_at)(struct store *s);
+    int (*job_counts)(struct store *s, int64_t counts[5], struct util_error *err);
     void (*job_wait)(struct store *s, int64_t timeout_ms);
     void (*job_wake)(struct store *s);
     void (*on_job_done)(struct store *s, store_job_done_fn fn, void *arg);
@@ -228,6 +229,8 @@ int store_job_rescue(struct store *s, int *requeued, int *failed, struct util_er
 /* Sweeper: drops idempotency keys created before older_than_ms. */
 int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n,
                              struct util_error *err);
+/* Jobs per status, indexed by enum store_job_status (metrics). */
+int store_job_counts(struct store *s, int64_t counts[5], struct util_error *err);
 /* The earliest run_at of a queued job, or 0 when none (for sleeping). */
 int64_t store_job_next_run_at(struct store *s);
 /* Sleeps until a job may have become ready (an enqueue or a retry in this

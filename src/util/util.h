@@ -75,6 +75,10 @@ struct util_config {
     int64_t shutdown_timeout_ms;    /* graceful stop deadline */
     int64_t blob_grace_ms;          /* age before an unreferenced blob is collected */
     int64_t variant_cache_max_bytes; /* variant bytes kept (LRU eviction) */
+    int64_t jobs_max;               /* queued jobs before POST /v1/jobs is 503 */
+    int64_t max_attempts;           /* attempts per job */
+    int64_t lease_ms;               /* job lease */
+    int64_t workers;                /* job worker threads; 0 = cores */
     int64_t sweep_interval_ms;      /* how often the sweeper runs */
 };
 

@@ -100,6 +100,14 @@ static void *sweeper_main(void *arg)
             util_warn("sweeper: %s", err.detail);
         else if (evicted > 0)
             util_metrics_counter_add("image_server_variants_evicted_total", "", evicted);
+        int requeued = 0, failed = 0, expired = 0;
+        if (store_job_rescue(sw->store, &requeued, &failed, &err) != 0)
+            util_warn("sweeper: %s", err.detail);
+        else if (requeued + failed > 0)
+            util_info("sweeper: %d expired lease(s) requeued, %d failed", requeued, failed);
+        if (store_idempotency_expire(sw->store, util_now_ms() - 24 * 3600 * 1000, &expired,
+                                     &err) != 0)
+            util_warn("sweeper: %s", err.detail);
         int n = worker_sweep_once(sw->store, sw->blobs, sw->grace_ms);
         if (n > 0)
             util_info("sweeper: collected %d unreferenced blob(s)", n);

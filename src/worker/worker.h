@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "blob/blob.h"
+#include "ops/ops.h"
 #include "store/store.h"
 
 struct worker_sweeper;
@@ -23,5 +24,25 @@ struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_sto
 int worker_sweep_once(struct store *store, struct blob_store *blobs, int64_t blob_grace_ms);
 /* Stops and joins the thread. */
 void worker_sweeper_stop(struct worker_sweeper *sw);
+
+/* The job workers of one process. */
+struct worker_jobs_config {
+    struct store *store;      /* the queue and metadata */
+    struct blob_store *blobs; /* bytes */
+    struct ops_limits limits; /* per attempt */
+    int workers;              /* threads */
+    int64_t lease_ms;         /* renewed every third of it */
+};
+
+struct worker_jobs;
+
+/* Starts the claim loops and the heartbeat thread. */
+struct worker_jobs *worker_jobs_start(const struct worker_jobs_config *cfg);
+/* Stops claiming, lets running jobs finish up to deadline_ms, then stops
+ * and releases the rest (back to queued), joins and frees. */
+void worker_jobs_stop(struct worker_jobs *w, int64_t deadline_ms);
+/* Backoff before the attempt after `attempt`: uniform in
+ * [0, min(2^attempt s, 5 min)] (full jitter, DESIGN §4). */
+int64_t worker_backoff_ms(int attempt);
 
 #endif
