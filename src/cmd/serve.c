@@ -47,6 +47,15 @@ static void make_parent(const char *url)
     free(path);
 }
 
+static void pool_gauges(void *arg)
+{
+    struct util_pool *pool = arg;
+    util_metrics_gauge_set("image_server_processing_queue_depth", "",
+                           (double)util_pool_waiting(pool));
+    util_metrics_gauge_set("image_server_processing_busy_threads", "",
+                           (double)util_pool_running(pool));
+}
+
 static void on_job_done(const char *job_id, void *arg)
 {
     http_server_wake(arg, job_id);
@@ -122,6 +131,11 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         .max_attempts = cfg.max_attempts,
     };
     api_metrics_init(&ctx);
+    util_metrics_describe("image_server_processing_queue_depth", "gauge",
+                          "requests waiting for a processing thread");
+    util_metrics_describe("image_server_processing_busy_threads", "gauge",
+                          "processing threads at work");
+    util_metrics_on_render(pool_gauges, pool);
     api_variants_init();
     api_jobs_metrics_init(&ctx);
     size_t nroutes;
