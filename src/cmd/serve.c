@@ -218,6 +218,10 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     goto out;
 fail:
     fprintf(stderr, "image-server: serve: %s\n", err.detail);
+    /* A setting that cannot work (an unsupported database URL, a bad
+     * --listen) is a usage error like a bad flag. */
+    if (err.code == UTIL_ERR_INVALID_OPERATION)
+        rc = 2;
 out:
     if (store)
         store_on_job_done(store, NULL, NULL);

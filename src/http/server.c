@@ -917,12 +917,13 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     util_metrics_histogram_observe("http_request_duration_seconds", labels,
                                    (double)dur_us / 1e6);
     util_metrics_counter_add("http_request_bytes_total", "", (double)req->bytes_in);
-    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-        util_metrics_counter_add("http_response_bytes_total", "", (double)req->bytes_out);
+    /* HEAD answers carry no body; a cut connection sent none we know of. */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || strcmp(req->method, "HEAD") == 0)
+        req->bytes_out = 0;
+    util_metrics_counter_add("http_response_bytes_total", "", (double)req->bytes_out);
     util_log("access", "%s %s %d %llu %.1fms %s %s%s", req->method[0] ? req->method : "-",
              req->path ? req->path : "-", status,
-             (unsigned long long)(toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? req->bytes_out
-                                                                               : 0),
+             (unsigned long long)req->bytes_out,
              (double)dur_us / 1000.0, req->request_id[0] ? req->request_id : "-", req->peer,
              req->cut ? " body-cut-off" : "");
     pthread_mutex_lock(&srv->lock);
@@ -1037,6 +1038,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
+    /* Our handler returns MHD_NO on purpose to cut off a body over the cap
+     * (logged on the access line as body-cut-off); not an internal error. */
+    if (strstr(line, "Application reported internal error") != NULL)
+        return;
     util_log("warn", "libmicrohttpd: %s", line);
 }
 
@@ -1175,7 +1180,6 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
         notify_connection, srv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((cfg->idle_timeout_ms + 999) / 1000),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
         io > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, io, MHD_OPTION_END);
     if (srv->daemon == NULL) {
         util_error_set(err, UTIL_ERR_UNAVAILABLE, "could not listen on %s: %s", cfg->listen,

@@ -213,12 +213,14 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
         break;
     }
     if (rc == 0 && f->type != F_ONOFF && (v < f->min || v > f->max)) {
+        const char *unit = f->type == F_DURATION ? " ms" : f->type == F_SIZE ? " bytes" : "";
         if (f->max == BIG)
-            snprintf(errbuf, errlen, "--%s%s: '%s' is out of range (at least %" PRId64 ")",
-                     f->name, source, text, f->min);
+            snprintf(errbuf, errlen, "--%s%s: '%s' is out of range (at least %" PRId64 "%s)",
+                     f->name, source, text, f->min, unit);
         else
-            snprintf(errbuf, errlen, "--%s%s: '%s' is out of range (%" PRId64 "..%" PRId64 ")",
-                     f->name, source, text, f->min, f->max);
+            snprintf(errbuf, errlen,
+                     "--%s%s: '%s' is out of range (%" PRId64 "..%" PRId64 "%s)", f->name,
+                     source, text, f->min, f->max, unit);
         return -1;
     }
     if (rc != 0) {
@@ -305,8 +307,8 @@ enum util_config_result util_config_parse(struct util_config *cfg, unsigned cmd,
             }
         }
         if (f == NULL) {
-            snprintf(errbuf, errlen, "%s: unknown flag '--%.*s' (see %s --help)", cmd_name,
-                     (int)nlen, name, cmd_name);
+            snprintf(errbuf, errlen, "%s: unknown flag '--%.*s' (see image-server %s --help)",
+                     cmd_name, (int)nlen, name, cmd_name);
             goto fail;
         }
         const char *val;
