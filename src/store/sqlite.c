@@ -1209,7 +1209,16 @@ static int sq_job_counts(struct store *base, int64_t counts[5], struct util_erro
     return out;
 }
 
-static void sq_job_wait(struct store *base, int64_t timeout_ms)
+static uint64_t sq_job_signals(struct store *base)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    pthread_mutex_lock(&s->lock);
+    uint64_t gen = s->jobs_gen;
+    pthread_mutex_unlock(&s->lock);
+    return gen;
+}
+
+static void sq_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     struct timespec ts;
@@ -1221,8 +1230,7 @@ static void sq_job_wait(struct store *base, int64_t timeout_ms)
         ts.tv_nsec -= 1000000000;
     }
     pthread_mutex_lock(&s->lock);
-    uint64_t gen = s->jobs_gen;
-    while (s->jobs_gen == gen) {
+    while (s->jobs_gen == seen) {
         if (pthread_cond_timedwait(&s->jobs_cv, &s->lock, &ts) != 0)
             break;
     }
@@ -1281,6 +1289,7 @@ static const struct store_ops SQLITE_OPS = {
     .idempotency_expire = sq_idempotency_expire,
     .job_next_run_at = sq_job_next_run_at,
     .job_counts = sq_job_counts,
+    .job_signals = sq_job_signals,
     .job_wait = sq_job_wait,
     .job_wake = sq_job_wake,
     .on_job_done = sq_on_job_done,

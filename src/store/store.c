@@ -146,9 +146,14 @@ int64_t store_job_next_run_at(struct store *s)
     return s->ops->job_next_run_at(s);
 }
 
-void store_job_wait(struct store *s, int64_t timeout_ms)
+uint64_t store_job_signals(struct store *s)
 {
-    s->ops->job_wait(s, timeout_ms);
+    return s->ops->job_signals(s);
+}
+
+void store_job_wait(struct store *s, uint64_t seen, int64_t timeout_ms)
+{
+    s->ops->job_wait(s, seen, timeout_ms);
 }
 
 void store_job_wake(struct store *s)

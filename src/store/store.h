@@ -125,7 +125,8 @@ struct store_ops {
                               struct util_error *err);
     int64_t (*job_next_run_at)(struct store *s);
     int (*job_counts)(struct store *s, int64_t counts[5], struct util_error *err);
-    void (*job_wait)(struct store *s, int64_t timeout_ms);
+    uint64_t (*job_signals)(struct store *s);
+    void (*job_wait)(struct store *s, uint64_t seen, int64_t timeout_ms);
     void (*job_wake)(struct store *s);
     void (*on_job_done)(struct store *s, store_job_done_fn fn, void *arg);
 };
@@ -190,7 +191,9 @@ int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct 
  * was used before, the first job is returned in *job and *existing is set
  * when idem_hash (a digest of the request) matches, else UTIL_ERR_CONFLICT.
  * UTIL_ERR_NOT_FOUND for an unknown image, UTIL_ERR_OVERLOADED when
- * jobs_max jobs are already queued. Idempotency keys are kept 24 hours. */
+ * jobs_max jobs are already queued. Idempotency keys are kept 24 hours.
+ * job->spec must be malloc'd and is owned by job: when the first job is
+ * returned, *job is replaced (store_job_clear frees the caller's spec). */
 int store_job_enqueue(struct store *s, struct store_job *job, const char *idem_key,
                       const char *idem_hash, int64_t jobs_max, bool *existing,
                       struct util_error *err);
@@ -233,9 +236,13 @@ int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n,
 int store_job_counts(struct store *s, int64_t counts[5], struct util_error *err);
 /* The earliest run_at of a queued job, or 0 when none (for sleeping). */
 int64_t store_job_next_run_at(struct store *s);
-/* Sleeps until a job may have become ready (an enqueue or a retry in this
- * process, a notification from another) or timeout_ms passes. */
-void store_job_wait(struct store *s, int64_t timeout_ms);
+/* A counter of "a job may be ready" signals (enqueues, retries, rescues,
+ * notifications from other processes, store_job_wake). Read it BEFORE
+ * looking for work, and pass it to store_job_wait: a signal that came in
+ * between is then not lost. */
+uint64_t store_job_signals(struct store *s);
+/* Sleeps until the signal counter differs from `seen` or timeout_ms passes. */
+void store_job_wait(struct store *s, uint64_t seen, int64_t timeout_ms);
 /* Wakes every store_job_wait (shutdown). */
 void store_job_wake(struct store *s);
 /* Registers the callback for finished jobs (one per store). */

@@ -230,9 +230,10 @@ static void *worker_main(void *p)
         struct store_job job = {0};
         bool got = false;
         struct util_error err = {0};
+        uint64_t seen = store_job_signals(w->cfg.store);
         if (store_job_claim(w->cfg.store, owner, w->cfg.lease_ms, &job, &got, &err) != 0) {
             util_warn("worker: claim failed: %s", err.detail);
-            store_job_wait(w->cfg.store, IDLE_POLL_MS);
+            store_job_wait(w->cfg.store, seen, IDLE_POLL_MS);
             continue;
         }
         if (!got) {
@@ -245,7 +246,7 @@ static void *worker_main(void *p)
                 if (wait > IDLE_POLL_MS)
                     wait = IDLE_POLL_MS;
             }
-            store_job_wait(w->cfg.store, wait);
+            store_job_wait(w->cfg.store, seen, wait);
             continue;
         }
         pthread_mutex_lock(&w->lock);
