@@ -329,7 +329,7 @@ enum http_next api_images_delete(struct http_request *req, void *vctx)
 {
     struct api_ctx *ctx = vctx;
     if (!http_request_on_pool(req))
-        return HTTP_RUN_ON_POOL; /* a committed write: fsync on the pool */
+        return HTTP_RUN_BLOCKING; /* a committed write */
     const char *id = http_request_param(req, "id");
     struct util_error err = {0};
     if (!util_id_valid(id)) {

@@ -173,7 +173,7 @@ enum http_next api_jobs_create(struct http_request *req, void *vctx)
             return HTTP_DONE;
         }
         http_request_set_state(req, ps, post_state_free);
-        return HTTP_RUN_ON_POOL; /* a committed write */
+        return HTTP_RUN_BLOCKING; /* a committed write */
     }
     struct post_state *ps = http_request_state(req);
     if (util_id_new(ps->job.id) != 0) {
@@ -310,7 +310,7 @@ enum http_next api_jobs_cancel(struct http_request *req, void *vctx)
 {
     struct api_ctx *ctx = vctx;
     if (!http_request_on_pool(req))
-        return HTTP_RUN_ON_POOL;
+        return HTTP_RUN_BLOCKING; /* a committed write */
     struct util_error err = {0};
     const char *id = http_request_param(req, "id");
     if (!util_id_valid(id)) {

@@ -197,6 +197,12 @@ static void variant_make(struct http_request *req, struct api_ctx *ctx)
             if (serve_cached(req, ctx, vs))
                 return;
             /* It failed or was not stored: make it ourselves, unshared. */
+        } else if (serve_cached(req, ctx, vs)) {
+            /* A flight for it ended between our miss on the I/O thread and
+             * now: it is in the cache. */
+            flight_end(fkey);
+            g_free(fkey);
+            return;
         }
     }
     util_metrics_counter_add("image_server_variant_cache_total",
@@ -209,8 +215,11 @@ static void variant_make(struct http_request *req, struct api_ctx *ctx)
         goto fail;
     }
     int64_t t0 = util_monotonic_us();
-    if (ops_execute(src.mem, src.size, &vs->plan, NULL, &ctx->limits, &res, &err) != 0)
+    if (ops_execute(src.mem, src.size, &vs->plan, NULL, &ctx->limits, &res, &err) != 0) {
+        if (err.code == UTIL_ERR_UNSUPPORTED)
+            err.code = UTIL_ERR_INVALID_IMAGE; /* it was an image when stored */
         goto fail;
+    }
     char labels[40];
     snprintf(labels, sizeof(labels), "format=\"%s\"", res.format);
     util_metrics_histogram_observe("image_server_transform_seconds", labels,

@@ -96,6 +96,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     struct store *store = NULL;
     struct blob_store *blobs = NULL;
     struct util_pool *pool = NULL;
+    struct util_pool *blocking = NULL;
     struct http_server *srv = NULL;
     struct worker_sweeper *sweeper = NULL;
     struct worker_jobs *workers = NULL;
@@ -115,7 +116,10 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     if (blobs == NULL)
         goto fail;
     pool = util_pool_new(concurrency, queue_max, "processing");
-    if (pool == NULL) {
+    /* Commits wait on fsync, not on a CPU: a few threads and a long queue
+     * (bounded, so a flood of writes still ends in 503s). */
+    blocking = util_pool_new(4, 4096, "blocking");
+    if (pool == NULL || blocking == NULL) {
         util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the processing pool");
         goto fail;
     }
@@ -144,6 +148,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         .listen = cfg.listen,
         .io_threads = io_threads,
         .pool = pool,
+        .blocking = blocking,
         .max_connections = cfg.max_connections,
         .max_client_connections = cfg.max_client_connections,
         .limit_exempt = cfg.limit_exempt,
@@ -203,7 +208,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     srv = NULL;
     worker_sweeper_stop(sweeper);
     sweeper = NULL;
-    int still = util_pool_stop(pool, 1000);
+    int still = util_pool_stop(pool, 1000) + util_pool_stop(blocking, 1000);
     if (abandoned > 0 || still > 0) {
         /* Threads are still inside libvips: leave without tearing down what
          * they use. Everything acknowledged is already durable. */
@@ -212,7 +217,8 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         _exit(0);
     }
     util_pool_free(pool);
-    pool = NULL;
+    util_pool_free(blocking);
+    pool = blocking = NULL;
     util_info("stopped");
     rc = 0;
     goto out;
@@ -232,6 +238,10 @@ out:
     if (pool) {
         util_pool_stop(pool, 0);
         util_pool_free(pool);
+    }
+    if (blocking) {
+        util_pool_stop(blocking, 0);
+        util_pool_free(blocking);
     }
     blob_close(blobs);
     store_close(store);

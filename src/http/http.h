@@ -8,7 +8,9 @@
  * needs CPU or disk work returns HTTP_RUN_ON_POOL; the connection is then
  * suspended and the same handler runs again on a processing-pool thread
  * (http_request_on_pool() is true there), and the connection is resumed
- * with its answer. A request is only ever touched by one thread at a time.
+ * with its answer. HTTP_RUN_BLOCKING does the same on the blocking pool,
+ * for work that waits on a disk or a database rather than a CPU (a commit),
+ * so it never queues behind image processing. A request is only ever touched by one thread at a time.
  */
 #ifndef HTTP_HTTP_H
 #define HTTP_HTTP_H
@@ -25,6 +27,7 @@ struct http_request;
 enum http_next {
     HTTP_DONE,        /* a response has been set */
     HTTP_RUN_ON_POOL, /* call me again on a processing thread */
+    HTTP_RUN_BLOCKING, /* call me again on a thread for short blocking work (a commit) */
     HTTP_WAIT,        /* park the request (see http_request_wait) */
 };
 
@@ -44,6 +47,7 @@ struct http_server_config {
     const char *listen;             /* "host:port"; port 0 picks a free one */
     int io_threads;                 /* libmicrohttpd thread pool size */
     struct util_pool *pool;         /* processing pool (shared, not owned) */
+    struct util_pool *blocking;     /* short blocking work: database commits (not owned) */
     int64_t max_connections;        /* MHD_OPTION_CONNECTION_LIMIT */
     int64_t max_client_connections; /* per client address, except exempt ones */
     const char *limit_exempt;       /* comma-separated CIDRs */

@@ -659,7 +659,7 @@ static void pool_drop(void *arg)
 
 /* Suspends the connection and hands the request to the pool. Runs on the
  * I/O thread inside the access handler. */
-static void to_pool(struct http_request *req)
+static void to_pool(struct http_request *req, struct util_pool *pool)
 {
     struct http_server *srv = req->srv;
     pthread_mutex_lock(&srv->lock);
@@ -681,7 +681,7 @@ static void to_pool(struct http_request *req)
     pthread_mutex_unlock(&srv->lock);
 
     MHD_suspend_connection(req->conn);
-    if (!util_pool_submit(srv->cfg.pool, pool_run, pool_drop, req)) {
+    if (!util_pool_submit(pool, pool_run, pool_drop, req)) {
         util_metrics_counter_add("image_server_processing_rejected_total", "", 1);
         http_respond_problem(req, 503, "/problems/overloaded", "Overloaded",
                              "the processing queue is full; retry later");
@@ -764,8 +764,11 @@ static enum MHD_Result queue(struct http_request *req)
 static enum MHD_Result dispatch(struct http_request *req)
 {
     enum http_next next = req->route->fn(req, req->srv->cfg.ctx);
-    if (next == HTTP_RUN_ON_POOL) {
-        to_pool(req);
+    if (next == HTTP_RUN_ON_POOL || next == HTTP_RUN_BLOCKING) {
+        struct util_pool *pool = req->srv->cfg.pool;
+        if (next == HTTP_RUN_BLOCKING && req->srv->cfg.blocking)
+            pool = req->srv->cfg.blocking;
+        to_pool(req, pool);
         if (req->state == ST_POOL)
             return MHD_YES;
     } else if (next == HTTP_WAIT) {

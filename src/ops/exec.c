@@ -278,6 +278,46 @@ static int take(VipsImage **img, VipsImage *out, int rc)
     return 0;
 }
 
+static const char *const META_BLOBS[] = {VIPS_META_ICC_NAME, VIPS_META_EXIF_NAME,
+                                         VIPS_META_XMP_NAME, VIPS_META_IPTC_NAME};
+
+/* Gives img its own copies of the metadata blobs. libvips 8.14's HEIF loader
+ * attaches its ICC profile without copying it, and frees it when the loader
+ * closes: once the pixels are copied to memory and the loader is unreffed,
+ * encoding would read freed memory (found by ASan on AVIF/HEIC sources).
+ * Call while the source pipeline is still alive. */
+static int own_metadata(VipsImage *img)
+{
+    for (size_t i = 0; i < sizeof(META_BLOBS) / sizeof(META_BLOBS[0]); i++) {
+        const void *data;
+        size_t len;
+        if (!vips_image_get_typeof(img, META_BLOBS[i]) ||
+            vips_image_get_blob(img, META_BLOBS[i], &data, &len) != 0)
+            continue;
+        vips_image_set_blob_copy(img, META_BLOBS[i], data, len);
+    }
+    return 0;
+}
+
+/* strip=1: libvips 8.14's webpsave ignores its strip option (EXIF stays),
+ * so the metadata is removed here, for every format alike. */
+static int strip_metadata(VipsImage **img)
+{
+    VipsImage *copy;
+    if (vips_copy(*img, &copy, NULL) != 0 || take(img, copy, 0) != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof(META_BLOBS) / sizeof(META_BLOBS[0]); i++)
+        vips_image_remove(*img, META_BLOBS[i]);
+    /* Savers rebuild EXIF from the parsed exif-ifd* fields: drop them too. */
+    gchar **fields = vips_image_get_fields(*img);
+    for (int i = 0; fields && fields[i]; i++)
+        if (g_str_has_prefix(fields[i], "exif-") || g_str_has_prefix(fields[i], "xmp-") ||
+            g_str_has_prefix(fields[i], "iptc-"))
+            vips_image_remove(*img, fields[i]);
+    g_strfreev(fields);
+    return 0;
+}
+
 /* Converts to 8-bit sRGB (or 8-bit grey), honouring an embedded ICC
  * profile (CMYK and Display P3 JPEGs look right), keeping alpha. */
 static int to_srgb(VipsImage **img, bool use_icc)
@@ -581,6 +621,54 @@ out:
 
 /* ---- encoding ----------------------------------------------------------- */
 
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+size_t ops_webp_strip(void *buf, size_t len)
+{
+    /* libvips 8.14's webpsave writes the source's EXIF and XMP whatever
+     * its strip option or the image's metadata say, so strip=1 removes
+     * the EXIF and "XMP " chunks from the RIFF container itself and clears
+     * their flags in VP8X (WebP container spec). Returns the new length;
+     * anything unexpected leaves the bytes as they are. */
+    unsigned char *b = buf;
+    if (len < 12 || memcmp(b, "RIFF", 4) != 0 || memcmp(b + 8, "WEBP", 4) != 0)
+        return len;
+    size_t in = 12, out = 12;
+    unsigned char *vp8x = NULL;
+    while (in + 8 <= len) {
+        uint32_t csize = le32(b + in + 4);
+        size_t total = 8 + (size_t)csize + (csize & 1);
+        if (total > len - in)
+            return len; /* malformed: leave it */
+        bool drop = memcmp(b + in, "EXIF", 4) == 0 || memcmp(b + in, "XMP ", 4) == 0;
+        if (!drop) {
+            if (out != in)
+                memmove(b + out, b + in, total);
+            if (memcmp(b + out, "VP8X", 4) == 0 && csize >= 1)
+                vp8x = b + out;
+            out += total;
+        }
+        in += total;
+    }
+    if (in != len)
+        return len;
+    if (vp8x)
+        vp8x[8] &= (unsigned char)~(0x08 | 0x04); /* EXIF and XMP flags */
+    put_le32(b + 4, (uint32_t)(out - 8));
+    return out;
+}
+
 static int encode(VipsImage *img, enum ops_format fmt, const struct ops_output *o, void **buf,
                   size_t *len)
 {
@@ -642,10 +730,21 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         struct ops_resize_geometry g;
         ops_resize_geometry(info.width, info.height, &first->resize, &g);
         VipsImage *t;
-        if (vips_thumbnail_buffer((void *)buf, len, &t, (int)g.scaled_w, "height",
-                                  (int)g.scaled_h, "size", VIPS_SIZE_FORCE, "fail_on",
-                                  VIPS_FAIL_ON_TRUNCATED, "option_string",
-                                  pages > 1 ? "n=-1" : "", NULL) != 0)
+        /* fail_on goes through the loader's option string: libvips 8.14's
+         * thumbnail ignores its own fail_on argument (libvips issue #5195),
+         * and a truncated JPEG would come out half grey. */
+        /* With an embedded profile, thumbnail converts to sRGB only when
+         * asked to export one (Display P3 stayed P3 otherwise). */
+        const char *opts = pages > 1 ? "n=-1,fail_on=truncated" : "fail_on=truncated";
+        int trc = info.icc[0]
+                      ? vips_thumbnail_buffer((void *)buf, len, &t, (int)g.scaled_w, "height",
+                                              (int)g.scaled_h, "size", VIPS_SIZE_FORCE,
+                                              "option_string", opts, "export_profile", "srgb",
+                                              NULL)
+                      : vips_thumbnail_buffer((void *)buf, len, &t, (int)g.scaled_w, "height",
+                                              (int)g.scaled_h, "size", VIPS_SIZE_FORCE,
+                                              "option_string", opts, NULL);
+        if (trc != 0)
             return ops_vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image cannot be decoded");
         img = t;
         /* thumbnail already imported any ICC profile and exported sRGB. */
@@ -658,8 +757,12 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         if (plan->nsteps > 1 || pages > 1 || first->resize.gravity == OPS_GRAVITY_ENTROPY ||
             first->resize.gravity == OPS_GRAVITY_ATTENTION) {
             VipsImage *mem = vips_image_copy_memory(img);
-            if (take(&img, mem, mem ? 0 : -1) != 0)
+            if (mem == NULL || own_metadata(mem) != 0) {
+                if (mem)
+                    g_object_unref(mem);
                 goto fail;
+            }
+            take(&img, mem, 0);
         }
         if (run_frames(&img, pages, plan, 1, fmt, &g) != 0)
             goto fail;
@@ -679,6 +782,8 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         if (take(&img, out, rc) != 0)
             goto fail;
     }
+    if (plan->output.strip && strip_metadata(&img) != 0)
+        goto fail;
     struct ops_deadline dl;
     ops_watch_deadline(img, &dl, limits->timeout_ms, limits->cancel);
     if (encode(img, fmt, &plan->output, &res->buf, &res->len) != 0) {
@@ -697,6 +802,8 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         }
         goto fail;
     }
+    if (fmt == OPS_FORMAT_WEBP && plan->output.strip)
+        res->len = ops_webp_strip(res->buf, res->len);
     g_strlcpy(res->format, ops_output_format_name(fmt), sizeof(res->format));
     res->has_alpha = vips_image_hasalpha(img);
     res->width = img->Xsize;

@@ -104,6 +104,10 @@ int ops_plan_geometry(const struct ops_plan *plan, int64_t width, int64_t height
 int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const char *accept,
                 const struct ops_limits *limits, struct ops_result *res, struct util_error *err);
 
+/* Removes the EXIF and XMP chunks of a WebP file in place; returns the new
+ * length (the old one when the bytes are not a well-formed WebP). */
+size_t ops_webp_strip(void *buf, size_t len);
+
 /* MIME type of a format name ("jpeg" -> "image/jpeg"); NULL if unknown. */
 const char *ops_mime_type(const char *format);
 

@@ -131,10 +131,22 @@ static int run_job(struct worker_jobs *w, struct store_job *job, struct active *
             util_error_set(err, UTIL_ERR_UNAVAILABLE, "the source image's bytes are missing");
         goto out;
     }
+    /* The stored bytes were accepted once; if they changed on disk, say so
+     * (a corrupt source is a permanent failure, not worth a retry). */
+    char sum[65];
+    blob_sha256_hex(src.mem, src.size, sum);
+    if (strcmp(sum, src_img.sha256) != 0) {
+        util_error_set(err, UTIL_ERR_INVALID_IMAGE,
+                       "the stored image is corrupt (its bytes no longer match their sha256)");
+        goto out;
+    }
     struct ops_limits limits = w->cfg.limits;
     limits.cancel = &a->lost;
-    if (ops_execute(src.mem, src.size, &plan, NULL, &limits, &res, err) != 0)
+    if (ops_execute(src.mem, src.size, &plan, NULL, &limits, &res, err) != 0) {
+        if (err->code == UTIL_ERR_UNSUPPORTED)
+            err->code = UTIL_ERR_INVALID_IMAGE; /* it was an image when stored */
         goto out;
+    }
     if (a->lost) {
         util_error_set(err, UTIL_ERR_CONFLICT, "the work was stopped");
         goto out;

@@ -6,7 +6,6 @@ for size, format, bands and, where it matters, pixels; status codes alone
 prove nothing. Pixel-exact checks use small generated PNGs whose every pixel
 is different, so a wrong rotation or flip cannot pass by accident."""
 
-import json
 import os
 import re
 import subprocess
@@ -659,25 +658,31 @@ def cmyk_jpeg_gives_srgb_that_looks_right():
     assert o.fmt == 'jpeg' and o.info['bands'] == 3, 'CMYK source to jpeg: %r' % o
 
 
-def _p3_test(query, strip_note):
+def _p3_test(query):
     def fn():
         o = variant(P3_JPG, query)
         assert o.size == (400, 267) and o.info['bands'] == 3, o
         ref = reference(P3_JPG, 400)
-        d = mad(to_srgb_pixels(o.path), ref)
-        harness._diag('?%s: ICC %s; vs libvips thumbnail to sRGB: %.2f' % (
-            query, 'kept' if o.info['has_icc'] else 'none', d))
-        assert d < 2.5, ('Display P3 colours are off by %.2f (mean abs) from the sRGB '
-                         'conversion%s' % (d, strip_note))
+        raw = mad(o.path, ref)
+        managed = mad(to_srgb_pixels(o.path), ref)
+        harness._diag('?%s: ICC profile %s; vs libvips thumbnail to sRGB: pixels as they are '
+                      '%.2f, through the embedded profile %.2f' % (
+                          query, 'kept' if o.info['has_icc'] else 'none', raw, managed))
+        # The output is sRGB (DESIGN/issue: "Output in sRGB"): its pixels, read
+        # as sRGB, match the conversion; P3 pixels read as sRGB are ~5 off.
+        assert raw < 2.5, ('the pixels are not sRGB: %.2f (mean abs) from the sRGB conversion'
+                           '%s' % (raw, ' (a Display P3 profile is attached, so only colour-'
+                                   'managed viewers show it right)' if o.info['has_icc']
+                                   else ' and no profile says otherwise: colours are wrong'))
     return fn
 
 
-add_test('display P3 jpeg w=400 looks right', _p3_test('w=400&format=png', ''))
-add_test('display P3 jpeg w=400 strip=1 looks right',
-         _p3_test('w=400&format=png&strip=1',
-                  ' (strip=1 dropped the profile but the pixels are still P3)'))
-add_test('display P3 jpeg crop+resize looks right',
-         _p3_test('crop=0,0,800,533&w=400&format=png', ''))
+add_test('display P3 jpeg w=400 gives sRGB pixels', _p3_test('w=400&format=png'))
+add_test('display P3 jpeg w=400 strip=1 gives sRGB pixels',
+         _p3_test('w=400&format=png&strip=1'))
+add_test('display P3 jpeg crop+resize gives sRGB pixels',
+         _p3_test('crop=0,0,800,533&w=400&format=png'))
+add_test('display P3 jpeg w=400 to jpeg gives sRGB pixels', _p3_test('w=400&q=95'))
 
 
 @test
@@ -756,7 +761,7 @@ def heic_and_avif_sources_work():
 # ---------------------------------------------------------------------------
 
 _orient_ref = {}
-ORIENT_LIMIT = 20.0
+ORIENT_LIMIT = 15.0
 
 
 def orient_ref(kind):
@@ -767,7 +772,7 @@ def orient_ref(kind):
         mirror = variant(corpus('orientation/%s_1.jpg' % kind), q + '&flip=h')
         sanity = min(mad(one.path, r180.path), mad(one.path, mirror.path))
         harness._diag('%s_1 vs itself turned 180 or mirrored: %.1f' % (kind, sanity))
-        assert sanity > 3 * ORIENT_LIMIT, 'the orientation check cannot tell (%.1f)' % sanity
+        assert sanity > 2 * ORIENT_LIMIT, 'the orientation check cannot tell (%.1f)' % sanity
         _orient_ref[kind] = one
     return _orient_ref[kind]
 
