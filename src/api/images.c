@@ -127,6 +127,10 @@ static void upload(struct http_request *req, struct api_ctx *ctx)
     img.orientation = info.orientation;
     g_strlcpy(img.icc, info.icc, sizeof(img.icc));
 
+    /* Answered 503 by a stop already? Then store nothing: a client that
+     * retries must not end up with two images. */
+    if (!http_request_begin_commit(req))
+        return;
     /* Blob first (durable), then the row (DESIGN §5). */
     if (blob_put(ctx->blobs, img.sha256, data, len, &err) != 0 ||
         store_image_insert(ctx->store, &img, &err) != 0) {
@@ -138,6 +142,9 @@ static void upload(struct http_request *req, struct api_ctx *ctx)
     bool present = false;
     if (blob_exists(ctx->blobs, img.sha256, &present, &err) != 0 ||
         (!present && blob_put(ctx->blobs, img.sha256, data, len, &err) != 0)) {
+        /* No row may point at bytes we could not keep. */
+        struct util_error derr = {0};
+        store_image_delete(ctx->store, img.id, &derr);
         api_respond_error(req, &err);
         return;
     }

@@ -181,6 +181,8 @@ enum http_next api_jobs_create(struct http_request *req, void *vctx)
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
+    if (!http_request_begin_commit(req))
+        return HTTP_DONE; /* answered 503 by a stop: queue nothing */
     bool existing = false;
     if (store_job_enqueue(ctx->store, &ps->job, ps->key[0] ? ps->key : NULL, ps->hash,
                           ctx->jobs_max, &existing, &err) != 0) {

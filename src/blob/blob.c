@@ -78,10 +78,12 @@ int blob_exists(struct blob_store *b, const char *sha256, bool *out, struct util
     return b->ops->exists(b, sha256, out, err);
 }
 
-int blob_remove_if_older(struct blob_store *b, const char *sha256, int64_t older_than_ms,
-                         struct util_error *err)
+int blob_remove_if_unreferenced(struct blob_store *b, const char *sha256, int64_t older_than_ms,
+                                blob_referenced_fn check, void *arg, bool *removed,
+                                struct util_error *err)
 {
-    return b->ops->remove_if_older(b, sha256, older_than_ms, err);
+    *removed = false;
+    return b->ops->remove_if_unreferenced(b, sha256, older_than_ms, check, arg, removed, err);
 }
 
 int blob_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct util_error *err)

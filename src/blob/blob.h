@@ -23,6 +23,8 @@ struct blob_data {
 
 /* One blob seen by the sweeper. */
 typedef void (*blob_visit_fn)(const char *sha256, int64_t mtime_ms, void *arg);
+/* Asks whether a row refers to the blob: 0 and *referenced, or -1. */
+typedef int (*blob_referenced_fn)(const char *sha256, bool *referenced, void *arg);
 
 struct blob_store;
 
@@ -34,8 +36,9 @@ struct blob_ops {
     int (*get)(struct blob_store *b, const char *sha256, struct blob_data *out,
                struct util_error *err);
     int (*exists)(struct blob_store *b, const char *sha256, bool *out, struct util_error *err);
-    int (*remove_if_older)(struct blob_store *b, const char *sha256, int64_t older_than_ms,
-                           struct util_error *err);
+    int (*remove_if_unreferenced)(struct blob_store *b, const char *sha256,
+                                  int64_t older_than_ms, blob_referenced_fn check, void *arg,
+                                  bool *removed, struct util_error *err);
     int (*walk)(struct blob_store *b, blob_visit_fn fn, void *arg, struct util_error *err);
 };
 
@@ -63,10 +66,14 @@ int blob_get_mem(struct blob_store *b, const char *sha256, struct blob_data *out
 void blob_data_free(struct blob_data *d);
 int blob_exists(struct blob_store *b, const char *sha256, bool *out, struct util_error *err);
 /* Removes the blob if its modification time is older than older_than_ms
- * (wall clock, ms since the epoch). Missing or young blobs are left alone
- * and are not errors. Only the sweeper calls this. */
-int blob_remove_if_older(struct blob_store *b, const char *sha256, int64_t older_than_ms,
-                         struct util_error *err);
+ * (wall clock, ms since the epoch) and check() says no row refers to it,
+ * asked AFTER the blob was moved out of reach: an upload that commits a row
+ * for it meanwhile either finds it missing (and writes it again) or is seen
+ * by check() (and the blob is put back). Missing or young blobs are left
+ * alone and are not errors. Only the sweeper calls this. */
+int blob_remove_if_unreferenced(struct blob_store *b, const char *sha256, int64_t older_than_ms,
+                                blob_referenced_fn check, void *arg, bool *removed,
+                                struct util_error *err);
 /* Calls fn for every blob (sweeper). */
 int blob_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct util_error *err);
 

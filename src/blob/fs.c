@@ -46,20 +46,44 @@ static void key_path(const struct fs_store *s, const char *sha, char *out, size_
     snprintf(out, n, "%s/%.2s/%.2s/%s", s->root, sha, sha + 2, sha);
 }
 
+static int fsync_dir(const char *dir);
+
+/* Creates a directory: returns 1 when it made it, 0 when it existed. */
+static int make_dir(const char *path)
+{
+    if (mkdir(path, 0755) == 0)
+        return 1;
+    return errno == EEXIST ? 0 : -1;
+}
+
+/* mkdir -p; a directory it creates is made durable by fsyncing its parent,
+ * so a blob's name cannot vanish with its folder after a crash. */
 static int mkdir_p(const char *path)
 {
     char buf[4096];
     snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
             continue;
+        char c = *p;
         *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        int made = make_dir(buf);
+        if (made < 0)
             return -1;
-        *p = '/';
+        if (made == 1) {
+            char *slash = strrchr(buf, '/');
+            if (slash && slash != buf) {
+                *slash = '\0';
+                int rc = fsync_dir(buf);
+                *slash = '/';
+                if (rc != 0)
+                    return -1;
+            }
+        }
+        *p = c;
+        if (c == '\0')
+            break;
     }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return -1;
     struct stat st;
     if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
         errno = ENOTDIR;
@@ -105,14 +129,20 @@ static int fs_put(struct blob_store *b, const char *sha, const void *data, size_
     /* Present already: refresh its mtime so the sweeper's grace starts again
      * (DESIGN §5). utimensat fails with ENOENT if it vanished meanwhile, and
      * then we write it anew. */
-    if (utimensat(AT_FDCWD, path, NULL, 0) == 0)
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/%.2s/%.2s", s->root, sha, sha + 2);
+    if (utimensat(AT_FDCWD, path, NULL, 0) == 0) {
+        /* Another writer may have renamed it into place without having
+         * fsynced the directory yet: our row must not outlive its name. */
+        if (fsync_dir(dir) != 0)
+            return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: fsync %s: %s", dir,
+                                  strerror(errno));
         return 0;
+    }
     if (errno != ENOENT)
         return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: %s: %s", path,
                               strerror(errno));
 
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s/%.2s/%.2s", s->root, sha, sha + 2);
     char tmpdir[4096];
     snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", s->root);
     if (mkdir_p(dir) != 0 || mkdir_p(tmpdir) != 0)
@@ -193,8 +223,14 @@ static int fs_exists(struct blob_store *b, const char *sha, bool *out, struct ut
                           strerror(errno));
 }
 
-static int fs_remove_if_older(struct blob_store *b, const char *sha, int64_t older_than_ms,
-                              struct util_error *err)
+static int64_t mtime_ms(const struct stat *st)
+{
+    return (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000;
+}
+
+static int fs_remove_if_unreferenced(struct blob_store *b, const char *sha, int64_t older_than_ms,
+                                     blob_referenced_fn check, void *arg, bool *removed,
+                                     struct util_error *err)
 {
     struct fs_store *s = (struct fs_store *)b;
     if (!valid_key(sha))
@@ -202,14 +238,34 @@ static int fs_remove_if_older(struct blob_store *b, const char *sha, int64_t old
     char path[4096];
     key_path(s, sha, path, sizeof(path));
     struct stat st;
-    if (stat(path, &st) != 0)
+    if (stat(path, &st) != 0 || mtime_ms(&st) >= older_than_ms)
         return 0;
-    int64_t mtime = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
-    if (mtime >= older_than_ms)
+    /* Move it out of reach first (atomic), then ask about rows: see blob.h. */
+    char rnd[UTIL_ID_LEN + 1];
+    if (util_id_new(rnd) != 0)
+        return util_error_set(err, UTIL_ERR_INTERNAL, "no randomness");
+    char grave[4096];
+    if (PATHF(grave, "%s/tmp/%s.grave.%s", s->root, sha, rnd))
+        return util_error_set(err, UTIL_ERR_INTERNAL, "blob path too long");
+    if (rename(path, grave) != 0)
+        return errno == ENOENT ? 0
+                               : util_error_set(err, UTIL_ERR_UNAVAILABLE,
+                                                "blob storage: rename %s: %s", path,
+                                                strerror(errno));
+    bool referenced = true;
+    bool young = stat(grave, &st) == 0 && mtime_ms(&st) >= older_than_ms;
+    if (young || check(sha, &referenced, arg) != 0 || referenced) {
+        /* Put it back; an upload may have written it again meanwhile, with
+         * the same bytes (content-addressed), so replacing it is harmless. */
+        if (rename(grave, path) != 0)
+            return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: rename %s: %s",
+                                  grave, strerror(errno));
         return 0;
-    if (unlink(path) != 0 && errno != ENOENT)
-        return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: unlink %s: %s", path,
+    }
+    if (unlink(grave) != 0 && errno != ENOENT)
+        return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: unlink %s: %s", grave,
                               strerror(errno));
+    *removed = true;
     return 0;
 }
 
@@ -240,6 +296,22 @@ static int fs_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct uti
             if (PATHF(p2, "%s/%s", p1, e2->d_name))
                 continue;
             if (is_tmp) {
+                /* A grave left by a sweeper that crashed before deciding goes
+                 * back (the next sweep decides again); an old temp file of
+                 * an interrupted write is removed. */
+                const char *g = strstr(e2->d_name, ".grave.");
+                if (g && g - e2->d_name == 64) {
+                    char sha[65];
+                    memcpy(sha, e2->d_name, 64);
+                    sha[64] = '\0';
+                    char back[4096];
+                    key_path(s, sha, back, sizeof(back));
+                    struct stat st;
+                    if (stat(p2, &st) == 0 && st.st_mtim.tv_sec < time(NULL) - 60 &&
+                        valid_key(sha))
+                        rename(p2, back);
+                    continue;
+                }
                 struct stat st;
                 if (stat(p2, &st) == 0 && st.st_mtim.tv_sec < time(NULL) - 3600)
                     unlink(p2);
@@ -281,7 +353,7 @@ static const struct blob_ops FS_OPS = {
     .put = fs_put,
     .get = fs_get,
     .exists = fs_exists,
-    .remove_if_older = fs_remove_if_older,
+    .remove_if_unreferenced = fs_remove_if_unreferenced,
     .walk = fs_walk,
 };
 

@@ -106,7 +106,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     int queue_max = cfg.queue_max > 0 ? (int)cfg.queue_max : 4 * concurrency;
     int io_threads = cfg.http_threads > 0 ? (int)cfg.http_threads : (cores > 1 ? cores : 1);
 
-    if (ops_init(argv0, 1, &err) != 0)
+    if (ops_init(argv0, (int)cfg.vips_threads, &err) != 0)
         goto fail;
     make_parent(cfg.database);
     store = store_open(cfg.database, &err);

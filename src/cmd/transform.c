@@ -91,7 +91,7 @@ int cmd_transform(int argc, char **argv, const char *argv0)
         g_error_free(gerr);
         goto out;
     }
-    if (ops_init(argv0, 0, &err) != 0) {
+    if (ops_init(argv0, (int)cfg.vips_threads, &err) != 0) {
         fprintf(stderr, "image-server: transform: %s\n", err.detail);
         goto out;
     }

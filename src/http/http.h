@@ -104,6 +104,10 @@ void *http_request_state(struct http_request *req);
  * HTTP_WAIT (or answer at once, ignoring the wait): a wake that comes
  * between the check and the park is not lost. */
 void http_request_wait(struct http_request *req, const char *key, int64_t timeout_ms);
+/* On a pool thread, just before writing durable state: false when the
+ * request was already answered 503 by a stop (then write nothing); true
+ * marks it so a stop waits for the commit instead of answering 503. */
+bool http_request_begin_commit(struct http_request *req);
 /* True when the handler runs again after a wait (woken or timed out). */
 bool http_request_woken(struct http_request *req);
 /* Wakes every request waiting on key. Thread-safe, never blocks for long. */

@@ -26,6 +26,7 @@
 #include <glib.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,7 @@
 #define MAX_PARAMS  4
 #define MAX_HEADERS 16
 #define MAX_EXEMPT  32
+#define DISCARD_MAX 65536 /* body bytes read away on a route that takes none */
 
 enum req_state {
     ST_NEW,     /* not routed yet */
@@ -83,6 +85,7 @@ struct http_request {
     enum req_state state;
     int refs;                    /* I/O side + pool side */
     bool abandoned;              /* answered 503 at stop while its task still ran */
+    bool committing;             /* its task is writing durable state: never abandoned */
     struct http_request *next;   /* in srv->pooled */
     struct http_request *prev;
     const struct http_route *route;
@@ -108,6 +111,7 @@ struct http_request {
     int body_fd;                 /* memfd of a chunked body, -1 otherwise */
     bool body_mapped;            /* body is an mmap of body_fd */
     uint64_t bytes_in;
+    uint64_t discarded;          /* body bytes read away on a route that takes none */
     bool cut;                    /* body cut off past the cap */
     /* answer */
     int status;
@@ -297,6 +301,17 @@ void http_request_wait(struct http_request *req, const char *key, int64_t timeou
 bool http_request_woken(struct http_request *req)
 {
     return req->woken;
+}
+
+bool http_request_begin_commit(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    pthread_mutex_lock(&srv->lock);
+    bool ok = !req->abandoned;
+    if (ok)
+        req->committing = true;
+    pthread_mutex_unlock(&srv->lock);
+    return ok;
 }
 
 /* Resumes parked requests matching key (NULL: those past their deadline,
@@ -497,6 +512,22 @@ static void json_escape(GString *out, const char *s)
 void http_respond_problem(struct http_request *req, int status, const char *type,
                           const char *title, const char *detail)
 {
+    /* An error must not carry what was set for a success (ETag, a year of
+     * Cache-Control): keep only the headers that belong to errors. */
+    int keep = 0;
+    for (int i = 0; i < req->nheaders; i++) {
+        if (strcasecmp(req->hnames[i], "Allow") == 0 ||
+            strcasecmp(req->hnames[i], "Retry-After") == 0 ||
+            strcasecmp(req->hnames[i], "WWW-Authenticate") == 0) {
+            req->hnames[keep] = req->hnames[i];
+            req->hvals[keep] = req->hvals[i];
+            keep++;
+        } else {
+            free(req->hnames[i]);
+            free(req->hvals[i]);
+        }
+    }
+    req->nheaders = keep;
     GString *b = g_string_new("{\"type\":");
     json_escape(b, type);
     g_string_append(b, ",\"title\":");
@@ -626,20 +657,48 @@ static void pool_finish(struct http_request *req)
     struct http_server *srv = req->srv;
     pthread_mutex_lock(&srv->lock);
     bool resume = !req->abandoned;
-    if (resume) {
+    if (resume)
         req->state = ST_READY;
-        pooled_remove(srv, req);
-    }
     pthread_mutex_unlock(&srv->lock);
     if (resume)
         MHD_resume_connection(req->conn);
-    req_unref(req);
+    /* Only now may the stop procedure count this request as drained: the
+     * unlock below is this thread's last touch of srv and req. */
+    pthread_mutex_lock(&srv->lock);
+    if (resume)
+        pooled_remove(srv, req);
+    int left = --req->refs;
+    pthread_mutex_unlock(&srv->lock);
+    if (left == 0)
+        req_free(req);
+}
+
+/* True when the client closed its connection while its request waited:
+ * libmicrohttpd does not watch suspended sockets, so look ourselves. */
+static bool client_gone(struct http_request *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return false;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
 static void pool_run(void *arg)
 {
     struct http_request *req = arg;
     req->on_pool = true;
+    if (client_gone(req)) {
+        /* Nobody waits for the answer: skip the work (a client that timed
+         * out must not keep the pool busy after it left). */
+        util_metrics_counter_add("image_server_processing_skipped_total", "", 1);
+        http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
+                             "the client went away");
+        req->status = 499;
+        pool_finish(req);
+        return;
+    }
     if (req->route->fn(req, req->srv->cfg.ctx) != HTTP_DONE || req->response == NULL) {
         util_error("request %s: handler gave no answer on the pool", req->request_id);
         http_respond_problem(req, 500, "/problems/internal", "Internal error",
@@ -843,6 +902,17 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
             return MHD_YES;
         }
         uint64_t cap = req->route->body ? (uint64_t)srv->cfg.max_body_bytes : 0;
+        if (!req->route->body) {
+            /* A small body where none belongs (chunked, so not refused from
+             * Content-Length): read it away and answer 413 at the end. */
+            req->discarded += n;
+            *upload_data_size = 0;
+            if (req->discarded <= DISCARD_MAX)
+                return MHD_YES;
+            req->cut = true;
+            req->status = 413;
+            return MHD_NO;
+        }
         if ((uint64_t)req->body_len + n > cap) {
             req->cut = true;
             req->status = 413;
@@ -876,6 +946,15 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 
     switch (req->state) {
     case ST_BODY: {
+        if (req->discarded > 0) {
+            char detail[160];
+            snprintf(detail, sizeof(detail), "%s %s takes no body", req->method,
+                     req->route->pattern);
+            http_respond_problem(req, 413, "/problems/payload-too-large", "Payload too large",
+                                 detail);
+            req->state = ST_READY;
+            return queue(req);
+        }
         if (req->body_fd >= 0 && req->body_len > 0) {
             void *m = mmap(NULL, req->body_len, PROT_READ, MAP_PRIVATE, req->body_fd, 0);
             if (m == MAP_FAILED)
@@ -899,6 +978,22 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
     return MHD_YES;
 }
 
+/* Copies s into out with bytes outside printable ASCII, spaces, quotes and
+ * backslashes as %XX. */
+static void log_escape(const char *s, char *out, size_t n)
+{
+    size_t k = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p && k + 4 < n; p++) {
+        if (*p <= 0x20 || *p >= 0x7f || *p == '"' || *p == '\\' || *p == '%') {
+            snprintf(out + k, n - k, "%%%02X", *p);
+            k += 3;
+        } else {
+            out[k++] = (char)*p;
+        }
+    }
+    out[k] = '\0';
+}
+
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
@@ -912,9 +1007,16 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (status == 0)
         status = 499; /* the client went away before an answer */
     const char *route_name = req->route ? req->route->name : "none";
+    /* The method is client text: only known ones become label values. */
+    static const char *const KNOWN[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                        "OPTIONS"};
+    const char *method = "other";
+    for (size_t i = 0; i < sizeof(KNOWN) / sizeof(KNOWN[0]); i++)
+        if (strcmp(req->method, KNOWN[i]) == 0)
+            method = KNOWN[i];
     char labels[160];
     snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route_name,
-             req->method[0] ? req->method : "?", status);
+             method, status);
     util_metrics_counter_add("http_requests_total", labels, 1);
     snprintf(labels, sizeof(labels), "route=\"%s\"", route_name);
     util_metrics_histogram_observe("http_request_duration_seconds", labels,
@@ -924,8 +1026,11 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || strcmp(req->method, "HEAD") == 0)
         req->bytes_out = 0;
     util_metrics_counter_add("http_response_bytes_total", "", (double)req->bytes_out);
-    util_log("access", "%s %s %d %llu %.1fms %s %s%s", req->method[0] ? req->method : "-",
-             req->path ? req->path : "-", status,
+    /* Client text is logged escaped, so a request cannot forge log lines. */
+    char mlog[40], plog[512];
+    log_escape(req->method[0] ? req->method : "-", mlog, sizeof(mlog));
+    log_escape(req->path ? req->path : "-", plog, sizeof(plog));
+    util_log("access", "%s %s %d %llu %.1fms %s %s%s", mlog, plog, status,
              (unsigned long long)req->bytes_out,
              (double)dur_us / 1000.0, req->request_id[0] ? req->request_id : "-", req->peer,
              req->cut ? " body-cut-off" : "");
@@ -1244,6 +1349,24 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     static const char body503[] =
         "{\"type\":\"/problems/unavailable\",\"title\":\"Service unavailable\","
         "\"status\":503,\"detail\":\"the server is shutting down\"}";
+    /* Requests writing durable state finish their commit (milliseconds):
+     * answering them 503 would make a retrying client store twice. */
+    int64_t commit_end = util_monotonic_ms() + 10000;
+    for (;;) {
+        bool committing = false;
+        for (struct http_request *r = srv->pooled; r; r = r->next)
+            committing |= r->committing;
+        if (!committing || util_monotonic_ms() > commit_end)
+            break;
+        struct timespec cts;
+        clock_gettime(CLOCK_REALTIME, &cts);
+        cts.tv_nsec += 20 * 1000000;
+        if (cts.tv_nsec >= 1000000000) {
+            cts.tv_sec++;
+            cts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&srv->drained, &srv->lock, &cts);
+    }
     int abandoned = 0;
     struct http_request *list = NULL;
     for (struct http_request *r = srv->pooled; r;) {

@@ -184,6 +184,11 @@ int ops_open_checked(const void *buf, size_t len, const struct ops_limits *limit
     info->interlaced = flag != 0;
     int64_t pixels = w * h_all;
     int64_t cap = info->interlaced ? limits->max_pixels_progressive : limits->max_pixels;
+    /* The limit is in RGBA pixels: an image with dozens of channels (TIFF
+     * allows them) costs as many pixels as it has groups of four. */
+    int bands = vips_image_get_bands(image);
+    if (bands > 4)
+        pixels *= (bands + 3) / 4;
     if (pixels > cap) {
         g_object_unref(image);
         return util_error_set(err, UTIL_ERR_TOO_LARGE,

@@ -121,7 +121,7 @@ static int cmp_series(const void *a, const void *b)
 
 static void print_value(GString *out, double v)
 {
-    if (v == (double)(int64_t)v && v < 9e15 && v > -9e15)
+    if (v < 9e15 && v > -9e15 && v == (double)(int64_t)v)
         g_string_append_printf(out, "%lld\n", (long long)v);
     else
         g_string_append_printf(out, "%.9g\n", v);

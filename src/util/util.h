@@ -67,6 +67,7 @@ struct util_config {
     int64_t timeout_ms;             /* processing deadline */
     int64_t queue_max;              /* waiting synchronous requests; 0 = 4 x pool */
     int64_t concurrency;            /* processing pool threads; 0 = cores */
+    int64_t vips_threads;           /* libvips threads per image */
     int64_t http_threads;           /* libmicrohttpd I/O threads; 0 = from cores */
     int64_t max_connections;        /* open connections */
     int64_t max_client_connections; /* open connections per client address */

@@ -19,6 +19,8 @@ struct worker_sweeper {
     int64_t interval_ms;
     int64_t grace_ms;
     int64_t variant_max_bytes;
+    int64_t blob_every_ms;  /* blob collection walks every blob: not every sweep */
+    int64_t blob_last_ms;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -35,6 +37,12 @@ static void collect(const char *sha, int64_t mtime_ms, void *arg)
     struct candidates *c = arg;
     if (mtime_ms < c->cutoff)
         g_ptr_array_add(c->shas, g_strdup(sha));
+}
+
+static int check_refs(const char *sha, bool *referenced, void *arg)
+{
+    struct util_error err = {0};
+    return store_blob_referenced(arg, sha, referenced, &err);
 }
 
 int worker_sweep_once(struct store *store, struct blob_store *blobs, int64_t blob_grace_ms)
@@ -58,14 +66,15 @@ int worker_sweep_once(struct store *store, struct blob_store *blobs, int64_t blo
         }
         if (referenced)
             continue;
-        /* Checked again against the mtime at removal: an upload that
-         * refreshed it meanwhile keeps it. */
-        if (blob_remove_if_older(blobs, sha, cutoff, &err) != 0) {
+        /* Checked again once the blob is out of reach (blob.h): an upload
+         * racing this sweep keeps its bytes. */
+        bool removed = false;
+        if (blob_remove_if_unreferenced(blobs, sha, cutoff, check_refs, store, &removed,
+                                        &err) != 0) {
             util_warn("sweeper: %s", err.detail);
             continue;
         }
-        bool still = false;
-        if (blob_exists(blobs, sha, &still, &err) == 0 && !still) {
+        if (removed) {
             collected++;
             util_metrics_counter_add("image_server_blobs_collected_total", "", 1);
         }
@@ -108,7 +117,11 @@ static void *sweeper_main(void *arg)
         if (store_idempotency_expire(sw->store, util_now_ms() - 24 * 3600 * 1000, &expired,
                                      &err) != 0)
             util_warn("sweeper: %s", err.detail);
-        int n = worker_sweep_once(sw->store, sw->blobs, sw->grace_ms);
+        int n = 0;
+        if (util_monotonic_ms() - sw->blob_last_ms >= sw->blob_every_ms) {
+            sw->blob_last_ms = util_monotonic_ms();
+            n = worker_sweep_once(sw->store, sw->blobs, sw->grace_ms);
+        }
         if (n > 0)
             util_info("sweeper: collected %d unreferenced blob(s)", n);
         pthread_mutex_lock(&sw->lock);
@@ -129,6 +142,13 @@ struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_sto
     sw->interval_ms = interval_ms;
     sw->grace_ms = blob_grace_ms;
     sw->variant_max_bytes = variant_max_bytes;
+    /* A tenth of the grace period, between one sweep and a minute. */
+    sw->blob_every_ms = blob_grace_ms / 10;
+    if (sw->blob_every_ms > 60000)
+        sw->blob_every_ms = 60000;
+    if (sw->blob_every_ms < interval_ms)
+        sw->blob_every_ms = interval_ms;
+    sw->blob_last_ms = util_monotonic_ms() - sw->blob_every_ms;
     pthread_mutex_init(&sw->lock, NULL);
     pthread_cond_init(&sw->wake, NULL);
     if (pthread_create(&sw->thread, NULL, sweeper_main, sw) != 0) {
