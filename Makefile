@@ -14,7 +14,7 @@ deps-test:
 	@scripts/install-deps --test
 
 build/build.ninja:
-	meson setup build --buildtype=release -Dallocator=jemalloc >/dev/null
+	meson setup build --buildtype=release -Dallocator=glibc >/dev/null
 
 build-san/build.ninja:
 	meson setup build-san --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false >/dev/null

@@ -2,6 +2,7 @@
 #include <glib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "blob/blob.h"
@@ -41,6 +42,19 @@ int blob_get_mem(struct blob_store *b, const char *sha256, struct blob_data *out
         return -1;
     if (out->fd < 0)
         return 0;
+    /* Map the file: no copy out of the page cache, and the memory is
+     * the kernel's to reclaim. Blobs are immutable (renamed into place,
+     * never rewritten), so the mapping cannot change under us. */
+    if (out->size > 0) {
+        void *m = mmap(NULL, out->size, PROT_READ, MAP_PRIVATE, out->fd, 0);
+        if (m != MAP_FAILED) {
+            close(out->fd);
+            out->fd = -1;
+            out->mem = m;
+            out->mapped = true;
+            return 0;
+        }
+    }
     /* Read the whole file: blobs are at most --max-body-bytes. */
     char *mem = malloc(out->size ? out->size : 1);
     if (mem == NULL) {
@@ -68,7 +82,11 @@ void blob_data_free(struct blob_data *d)
 {
     if (d->fd >= 0)
         close(d->fd);
-    free(d->mem);
+    if (d->mapped)
+        munmap(d->mem, d->size);
+    else
+        free(d->mem);
+    d->mapped = false;
     d->fd = -1;
     d->mem = NULL;
 }

@@ -13,12 +13,13 @@
 
 #include "util/util.h"
 
-/* Bytes of one blob: either an open file (fd >= 0, the caller closes it) or
- * memory (mem, the caller frees it with free()). */
+/* Bytes of one blob: either an open file (fd >= 0) or memory (mem, malloc'd
+ * or mapped). Release with blob_data_free. */
 struct blob_data {
     int fd;      /* -1 when the bytes are in mem */
     void *mem;   /* NULL when the bytes are in fd */
     size_t size; /* length in bytes */
+    bool mapped; /* mem is a read-only mapping of the file */
 };
 
 /* One blob seen by the sweeper. */
@@ -60,7 +61,8 @@ int blob_put(struct blob_store *b, const char *sha256, const void *data, size_t 
 /* Reads a blob. UTIL_ERR_NOT_FOUND when it is missing. */
 int blob_get(struct blob_store *b, const char *sha256, struct blob_data *out,
              struct util_error *err);
-/* Reads a blob fully into memory (out->fd is -1). */
+/* Reads a blob fully into memory (out->fd is -1): mapped when it is a
+ * file, read-only. */
 int blob_get_mem(struct blob_store *b, const char *sha256, struct blob_data *out,
                  struct util_error *err);
 void blob_data_free(struct blob_data *d);

@@ -707,13 +707,30 @@ static void pool_run(void *arg)
     pool_finish(req);
 }
 
-/* The pool stopped before this request ran. */
+/* The pool stopped before this request ran, or its client left. */
 static void pool_drop(void *arg)
 {
     struct http_request *req = arg;
-    http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
-                         "the server is shutting down");
+    if (req->status == 499) {
+        http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
+                             "the client went away");
+        req->status = 499;
+    } else {
+        http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
+                             "the server is shutting down");
+    }
     pool_finish(req);
+}
+
+/* util_pool_prune predicate: a queued request whose client has left. */
+static bool stale_request(void *arg)
+{
+    struct http_request *req = arg;
+    if (!client_gone(req))
+        return false;
+    req->status = 499; /* read by pool_drop */
+    util_metrics_counter_add("image_server_processing_skipped_total", "", 1);
+    return true;
 }
 
 /* Suspends the connection and hands the request to the pool. Runs on the
@@ -740,7 +757,12 @@ static void to_pool(struct http_request *req, struct util_pool *pool)
     pthread_mutex_unlock(&srv->lock);
 
     MHD_suspend_connection(req->conn);
-    if (!util_pool_submit(pool, pool_run, pool_drop, req)) {
+    /* A full queue may hold requests whose clients left (a client that
+     * timed out, a load generator that closed its connections): drop them
+     * first rather than refuse a client that is still there. */
+    if (!util_pool_submit(pool, pool_run, pool_drop, req) &&
+        (util_pool_prune(pool, stale_request) == 0 ||
+         !util_pool_submit(pool, pool_run, pool_drop, req))) {
         util_metrics_counter_add("image_server_processing_rejected_total", "", 1);
         http_respond_problem(req, 503, "/problems/overloaded", "Overloaded",
                              "the processing queue is full; retry later");

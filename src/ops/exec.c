@@ -736,7 +736,11 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         /* With an embedded profile, thumbnail converts to sRGB only when
          * asked to export one (Display P3 stayed P3 otherwise). */
         const char *opts = pages > 1 ? "n=-1,fail_on=truncated" : "fail_on=truncated";
-        int trc = info.icc[0]
+        /* An sRGB profile needs no conversion (most camera JPEGs carry
+         * one): the transform would cost time for the same pixels. */
+        bool convert = info.icc[0] && !g_strrstr(info.icc, "sRGB") &&
+                       !g_strrstr(info.icc, "srgb");
+        int trc = convert
                       ? vips_thumbnail_buffer((void *)buf, len, &t, (int)g.scaled_w, "height",
                                               (int)g.scaled_h, "size", VIPS_SIZE_FORCE,
                                               "option_string", opts, "export_profile", "srgb",

@@ -100,6 +100,28 @@ bool util_pool_submit(struct util_pool *pool, util_pool_fn fn, util_pool_fn drop
     return ok;
 }
 
+int util_pool_prune(struct util_pool *pool, bool (*stale)(void *arg))
+{
+    /* Collect stale tasks under the lock, hand them to drop outside it. */
+    struct task dropped[64];
+    int nd = 0;
+    pthread_mutex_lock(&pool->lock);
+    int kept = 0;
+    for (int i = 0; i < pool->count; i++) {
+        struct task t = pool->ring[(pool->head + i) % pool->cap];
+        if (nd < 64 && stale(t.arg))
+            dropped[nd++] = t;
+        else
+            pool->ring[(pool->head + kept++) % pool->cap] = t;
+    }
+    pool->count = kept;
+    pthread_mutex_unlock(&pool->lock);
+    for (int i = 0; i < nd; i++)
+        if (dropped[i].drop)
+            dropped[i].drop(dropped[i].arg);
+    return nd;
+}
+
 int util_pool_waiting(struct util_pool *pool)
 {
     pthread_mutex_lock(&pool->lock);

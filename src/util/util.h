@@ -166,6 +166,10 @@ struct util_pool *util_pool_new(int threads, int queue_max, const char *name);
  * is stopping: the caller still owns arg. If the pool stops before the task
  * runs, drop(arg) is called instead of fn (drop may be NULL). */
 bool util_pool_submit(struct util_pool *pool, util_pool_fn fn, util_pool_fn drop, void *arg);
+/* Removes waiting tasks for which stale(arg) is true (called under the
+ * pool's lock: it must be quick and take no other lock), handing each to
+ * its drop function. Returns how many were removed. */
+int util_pool_prune(struct util_pool *pool, bool (*stale)(void *arg));
 /* Tasks waiting (not running). */
 int util_pool_waiting(struct util_pool *pool);
 /* Tasks running now. */
