@@ -25,7 +25,66 @@ struct util_pool {
     bool stopping;
     int nthreads;
     pthread_t *threads;
+    struct util_slots *slots; /* CPU budget held while a task runs, or NULL */
 };
+
+struct util_slots {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    int free;             /* slots not held */
+    int waiting_requests; /* requests waiting for a slot: jobs yield to them */
+};
+
+struct util_slots *util_slots_new(int n)
+{
+    struct util_slots *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->free = n > 0 ? n : 1;
+    return s;
+}
+
+void util_slots_acquire(struct util_slots *s, bool request)
+{
+    pthread_mutex_lock(&s->lock);
+    if (request) {
+        s->waiting_requests++;
+        while (s->free == 0)
+            pthread_cond_wait(&s->cv, &s->lock);
+        s->waiting_requests--;
+    } else {
+        while (s->free == 0 || s->waiting_requests > 0)
+            pthread_cond_wait(&s->cv, &s->lock);
+    }
+    s->free--;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void util_slots_release(struct util_slots *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->free++;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void util_slots_free(struct util_slots *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+void util_pool_set_slots(struct util_pool *pool, struct util_slots *slots)
+{
+    pthread_mutex_lock(&pool->lock);
+    pool->slots = slots;
+    pthread_mutex_unlock(&pool->lock);
+}
 
 static void *worker_main(void *p)
 {
@@ -40,8 +99,13 @@ static void *worker_main(void *p)
         pool->head = (pool->head + 1) % pool->cap;
         pool->count--;
         pool->running++;
+        struct util_slots *slots = pool->slots;
         pthread_mutex_unlock(&pool->lock);
+        if (slots)
+            util_slots_acquire(slots, true);
         t.fn(t.arg);
+        if (slots)
+            util_slots_release(slots);
         pthread_mutex_lock(&pool->lock);
         pool->running--;
         pthread_cond_broadcast(&pool->idle);

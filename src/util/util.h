@@ -182,6 +182,20 @@ int util_pool_stop(struct util_pool *pool, int64_t deadline_ms);
  * With tasks still running the pool is leaked on purpose: the process exits. */
 void util_pool_free(struct util_pool *pool);
 
+/* ---- CPU slots ---------------------------------------------------------- */
+
+/* One budget of image-processing slots shared by the request pool and the
+ * job workers (DESIGN §6): at most n images are worked on at once. Requests
+ * (someone is waiting on the socket) go first: a job takes a slot only when
+ * no request waits for one. Thread-safe. */
+struct util_slots;
+struct util_slots *util_slots_new(int n);
+void util_slots_acquire(struct util_slots *s, bool request);
+void util_slots_release(struct util_slots *s);
+void util_slots_free(struct util_slots *s);
+/* Makes every task of the pool hold a slot while it runs (as a request). */
+void util_pool_set_slots(struct util_pool *pool, struct util_slots *slots);
+
 /* ---- metrics ------------------------------------------------------------ */
 
 /* A process-wide registry of counters, gauges and histograms, rendered in

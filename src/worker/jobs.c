@@ -268,7 +268,13 @@ static void *worker_main(void *p)
         a->busy = true;
         w->running++;
         pthread_mutex_unlock(&w->lock);
+        /* One budget of cores for requests and jobs (DESIGN §6); requests
+         * go first. The lease is renewed while the job waits for a slot. */
+        if (w->cfg.slots)
+            util_slots_acquire(w->cfg.slots, false);
         process(w, a, &job, owner);
+        if (w->cfg.slots)
+            util_slots_release(w->cfg.slots);
         pthread_mutex_lock(&w->lock);
         a->busy = false;
         w->running--;

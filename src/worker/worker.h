@@ -32,6 +32,7 @@ struct worker_jobs_config {
     struct ops_limits limits; /* per attempt */
     int workers;              /* threads */
     int64_t lease_ms;         /* renewed every third of it */
+    struct util_slots *slots; /* CPU budget shared with requests, or NULL */
 };
 
 struct worker_jobs;
