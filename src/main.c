@@ -14,7 +14,8 @@ static void usage(FILE *out)
     fprintf(out, "usage: image-server COMMAND [FLAGS]\n\n"
                  "commands:\n"
                  "  serve      API + sweeper in one process (SQLite + a blob folder)\n"
-                 "  transform  IN OUT 'QUERY': one local file through the same operations\n\n"
+                 "  transform  IN OUT 'QUERY': one local file through the same operations\n"
+                 "  sign       'PATH?QUERY': print a signed variant URL\n\n"
                  "image-server --version       print the version\n"
                  "image-server COMMAND --help  list the command's flags and defaults\n\n");
     util_config_print_help(UTIL_CMD_SERVE, "serve");
@@ -48,6 +49,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc - 1, argv + 1, argv[0]);
     if (strcmp(cmd, "transform") == 0)
         return cmd_transform(argc - 1, argv + 1, argv[0]);
+    if (strcmp(cmd, "sign") == 0)
+        return cmd_sign(argc - 1, argv + 1, argv[0]);
     fprintf(stderr, "image-server: unknown command '%s' (see image-server --help)\n", cmd);
     return 2;
 }

@@ -18,6 +18,15 @@
 #include "store/store.h"
 #include "util/util.h"
 
+/* Route access classes (http_route.access). */
+#define API_ACCESS_OPEN   0 /* anyone */
+#define API_ACCESS_KEY    1 /* an API key when keys are configured */
+#define API_ACCESS_SIGNED 2 /* variants: a URL signature when a signing key is set */
+
+#define API_SIG_LEN 43 /* base64url of an HMAC-SHA256, no padding */
+
+struct api_auth;
+
 /* What every handler shares (read-only after start). */
 struct api_ctx {
     struct store *store;       /* metadata */
@@ -26,7 +35,24 @@ struct api_ctx {
     bool variant_cache;        /* --variant-cache */
     int64_t jobs_max;          /* queued jobs before POST /v1/jobs is 503 */
     int64_t max_attempts;      /* attempts per job */
+    struct api_auth *auth;     /* keys and signing key, or NULL: all open */
 };
+
+/* Access (auth.c). keys: one a line. NULL on a bad keys file. */
+struct api_auth *api_auth_new(const char *keys, const char *keys_file, const char *signing_key,
+                              struct util_error *err);
+/* Re-reads --api-keys-file (SIGHUP); on error the old keys stay. */
+int api_auth_reload(struct api_auth *a, struct util_error *err);
+void api_auth_free(struct api_auth *a);
+/* http authorize callback: API keys for API_ACCESS_KEY routes, a URL
+ * signature for variants. */
+bool api_authorize(struct http_request *req, void *ctx);
+/* The signature of a variant URL (DESIGN §1): HMAC-SHA256 with key over
+ * raw_path "?" and the raw name=value parameters except sig, sorted with
+ * strcmp, joined by '&'; base64url without padding into out. *given_sig,
+ * when not NULL, is set to the sig= value found in raw_query (or NULL). */
+int api_signature(const char *key, const char *raw_path, const char *raw_query,
+                  char out[API_SIG_LEN + 1], const char **given_sig);
 
 /* Registers the variant single-flight table; call once before serving. */
 void api_variants_init(void);

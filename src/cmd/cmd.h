@@ -8,5 +8,6 @@
 
 int cmd_serve(int argc, char **argv, const char *argv0);
 int cmd_transform(int argc, char **argv, const char *argv0);
+int cmd_sign(int argc, char **argv, const char *argv0);
 
 #endif

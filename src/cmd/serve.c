@@ -90,6 +90,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -100,6 +101,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     struct util_pool *pool = NULL;
     struct util_pool *blocking = NULL;
     struct util_slots *slots = NULL;
+    struct api_auth *auth = NULL;
     struct http_server *srv = NULL;
     struct worker_sweeper *sweeper = NULL;
     struct worker_jobs *workers = NULL;
@@ -128,6 +130,12 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         goto fail;
     }
     util_pool_set_slots(pool, slots);
+    bool access = cfg.api_keys[0] || cfg.api_keys_file[0] || cfg.signing_key[0];
+    if (access) {
+        auth = api_auth_new(cfg.api_keys, cfg.api_keys_file, cfg.signing_key, &err);
+        if (auth == NULL)
+            goto fail;
+    }
     struct api_ctx ctx = {
         .store = store,
         .blobs = blobs,
@@ -138,6 +146,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         .variant_cache = cfg.variant_cache,
         .jobs_max = cfg.jobs_max,
         .max_attempts = cfg.max_attempts,
+        .auth = auth,
     };
     api_metrics_init(&ctx);
     util_metrics_describe("image_server_processing_queue_depth", "gauge",
@@ -162,6 +171,7 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         .routes = routes,
         .nroutes = nroutes,
         .ctx = &ctx,
+        .authorize = api_authorize,
     };
     srv = http_server_start(&hc, &err);
     if (srv == NULL)
@@ -201,8 +211,16 @@ int cmd_serve(int argc, char **argv, const char *argv0)
     }
 
     int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig != SIGHUP)
+            break;
+        /* SIGHUP re-reads --api-keys-file; a bad file keeps the old keys. */
+        struct util_error rerr = {0};
+        if (auth && api_auth_reload(auth, &rerr) != 0)
+            util_warn("SIGHUP: %s (the previous keys stay)", rerr.detail);
+    }
     util_info("received %s: stopping (in-flight requests have %lld ms)", strsignal(sig),
               (long long)cfg.shutdown_timeout_ms);
     /* Workers first: they finish or release their jobs; the HTTP side then
@@ -252,6 +270,7 @@ out:
     blob_close(blobs);
     store_close(store);
     util_slots_free(slots);
+    api_auth_free(auth);
     util_config_free(&cfg);
     return rc;
 }

@@ -41,6 +41,7 @@ struct http_route {
     http_handler fn;     /* the handler */
     bool body;           /* accepts a body (capped by max_body_bytes); else any body is 413 */
     const char *name;    /* route label for metrics ("images_get") */
+    int access;          /* opaque to http: passed to the authorize callback */
 };
 
 struct http_server_config {
@@ -56,6 +57,9 @@ struct http_server_config {
     const struct http_route *routes;
     size_t nroutes;
     void *ctx; /* passed to every handler */
+    /* Called on the I/O thread right after routing, before anything else
+     * (body size included). Returns false after setting the refusal. */
+    bool (*authorize)(struct http_request *req, void *ctx);
 };
 
 struct http_server;
@@ -81,6 +85,10 @@ const char *http_request_param(struct http_request *req, const char *name);
 const char *http_request_header(struct http_request *req, const char *name);
 /* A decoded query argument, or NULL. */
 const char *http_request_query(struct http_request *req, const char *name);
+/* The path exactly as sent (before percent-decoding). */
+const char *http_request_raw_path(struct http_request *req);
+/* The matched route's access value. */
+int http_request_route_access(struct http_request *req);
 /* The query string exactly as sent (before percent-decoding), "" if none. */
 const char *http_request_raw_query(struct http_request *req);
 /* The body received so far (the whole body once the handler runs). */

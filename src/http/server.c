@@ -93,6 +93,7 @@ struct http_request {
     char *path;                  /* decoded path */
     char *raw_uri;               /* as sent */
     const char *raw_query;       /* inside raw_uri, "" when none */
+    char *raw_path;              /* raw_uri up to the '?' */
     char *pnames[MAX_PARAMS];    /* {name} captures */
     char *pvals[MAX_PARAMS];
     int nparams;
@@ -168,6 +169,7 @@ static void req_free(struct http_request *req)
     }
     free(req->path);
     free(req->raw_uri);
+    g_free(req->raw_path);
     free(req->wait_key);
     if (req->body_mapped)
         munmap(req->body, req->body_len);
@@ -251,6 +253,16 @@ static enum MHD_Result copy_pair(void *cls, enum MHD_ValueKind kind, const char 
     g_ptr_array_add(a, g_strdup(key ? key : ""));
     g_ptr_array_add(a, g_strdup(value ? value : ""));
     return MHD_YES;
+}
+
+const char *http_request_raw_path(struct http_request *req)
+{
+    return req->raw_path ? req->raw_path : "";
+}
+
+int http_request_route_access(struct http_request *req)
+{
+    return req->route ? req->route->access : 0;
 }
 
 const char *http_request_raw_query(struct http_request *req)
@@ -786,6 +798,9 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     req->raw_uri = strdup(uri ? uri : "");
     char *q = req->raw_uri ? strchr(req->raw_uri, '?') : NULL;
     req->raw_query = q ? q + 1 : "";
+    req->raw_path = req->raw_uri ? g_strndup(req->raw_uri, q ? (gsize)(q - req->raw_uri)
+                                                              : strlen(req->raw_uri))
+                                 : NULL;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
@@ -882,6 +897,10 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, copy_pair, req->args);
         init_request_id(req);
         if (req->path == NULL || !route(req)) {
+            req->state = ST_READY;
+            return queue(req);
+        }
+        if (srv->cfg.authorize && !srv->cfg.authorize(req, srv->cfg.ctx)) {
             req->state = ST_READY;
             return queue(req);
         }

@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <glib.h>
+
 #include "util/util.h"
 
-enum flag_type { F_STRING, F_SIZE, F_DURATION, F_INT, F_ONOFF };
+enum flag_type { F_STRING, F_SIZE, F_DURATION, F_INT, F_ONOFF, F_LIST };
 
 struct flag {
     const char *name;   /* without the leading "--" */
@@ -68,6 +70,18 @@ static const struct flag FLAGS[] = {
      "an idle connection is closed after this long"},
     {"shutdown-timeout", S_HTTP, F_DURATION, OFF(shutdown_timeout_ms), "30s", 0, BIG,
      "on SIGTERM, how long in-flight requests may take to finish"},
+    {"api-key", S_HTTP, F_LIST, OFF(api_keys), "", 0, 0,
+     "key that writes, job calls and the image list need as Authorization: Bearer KEY "
+     "(repeatable; the environment twin takes a comma-separated list)"},
+    {"api-keys-file", S_HTTP, F_STRING, OFF(api_keys_file), "", 0, 0,
+     "file of API keys, one a line (# comments), re-read on SIGHUP"},
+    {"signing-key", S_HTTP | UTIL_CMD_SIGN, F_STRING, OFF(signing_key), "", 0, 0,
+     "key whose HMAC-SHA256 variant URLs must carry as sig= (\"\": none)"},
+    {"max-client-requests", S_HTTP, F_INT, OFF(max_client_requests), "0", 0, 1000000,
+     "requests one client may have in or waiting for processing, past it 429 "
+     "(0: 2 x concurrency)"},
+    {"trusted-proxy", S_HTTP, F_STRING, OFF(trusted_proxy), "", 0, 0,
+     "comma-separated CIDRs of proxies whose last X-Forwarded-For hop names the client"},
     {"jobs-max", S_HTTP, F_INT, OFF(jobs_max), "10000", 1, BIG,
      "queued jobs; past it POST /v1/jobs is 503"},
     {"max-attempts", S_HTTP, F_INT, OFF(max_attempts), "3", 1, 100, "attempts per job"},
@@ -174,6 +188,7 @@ static const char *type_hint(enum flag_type t)
     case F_ONOFF:
         return "on or off";
     case F_STRING:
+    case F_LIST:
         break;
     }
     return "a string";
@@ -191,6 +206,24 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
         char **slot = (char **)(base + f->offset);
         free(*slot);
         *slot = strdup(text);
+        return 0;
+    }
+    case F_LIST: {
+        /* Repeatable: each use adds a line (a default or an environment
+         * value replaces the list; commas separate items there). */
+        char **slot = (char **)(base + f->offset);
+        bool replace = source[0] != '\0';
+        char *item = strdup(text);
+        if (replace)
+            for (char *p = item; *p; p++)
+                if (*p == ',')
+                    *p = '\n';
+        char *joined = (!replace && *slot && **slot) ? g_strdup_printf("%s\n%s", *slot, item)
+                                                     : g_strdup(item);
+        free(item);
+        free(*slot);
+        *slot = strdup(joined);
+        g_free(joined);
         return 0;
     }
     case F_ONOFF: {
@@ -214,7 +247,7 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
         rc = util_parse_int(text, &v);
         break;
     }
-    if (rc == 0 && f->type != F_ONOFF && (v < f->min || v > f->max)) {
+    if (rc == 0 && f->type != F_ONOFF && f->type != F_LIST && (v < f->min || v > f->max)) {
         const char *unit = f->type == F_DURATION ? " ms" : f->type == F_SIZE ? " bytes" : "";
         if (f->max == BIG)
             snprintf(errbuf, errlen, "--%s%s: '%s' is out of range (at least %" PRId64 "%s)",
@@ -230,7 +263,7 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
                  type_hint(f->type));
         return -1;
     }
-    if (f->type != F_ONOFF)
+    if (f->type != F_ONOFF && f->type != F_LIST)
         *(int64_t *)(base + f->offset) = v;
     return 0;
 }
@@ -246,7 +279,7 @@ static void env_name(const struct flag *f, char *out, size_t n)
 void util_config_free(struct util_config *cfg)
 {
     for (size_t i = 0; i < NFLAGS; i++) {
-        if (FLAGS[i].type == F_STRING) {
+        if (FLAGS[i].type == F_STRING || FLAGS[i].type == F_LIST) {
             char **slot = (char **)((char *)cfg + FLAGS[i].offset);
             free(*slot);
             *slot = NULL;

@@ -72,6 +72,11 @@ struct util_config {
     int64_t max_connections;        /* open connections */
     int64_t max_client_connections; /* open connections per client address */
     char *limit_exempt;             /* CIDR list the per-client limits skip */
+    char *api_keys;                 /* --api-key values, one a line ("" none) */
+    char *api_keys_file;            /* file of keys, "" none */
+    char *signing_key;              /* URL signing key, "" none */
+    int64_t max_client_requests;    /* per client in or waiting for processing; 0 = 2 x pool */
+    char *trusted_proxy;            /* CIDRs whose X-Forwarded-For is believed */
     int64_t idle_timeout_ms;        /* idle keep-alive connections are closed after it */
     int64_t shutdown_timeout_ms;    /* graceful stop deadline */
     int64_t blob_grace_ms;          /* age before an unreferenced blob is collected */
