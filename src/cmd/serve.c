@@ -166,6 +166,9 @@ int cmd_serve(int argc, char **argv, const char *argv0)
         .max_connections = cfg.max_connections,
         .max_client_connections = cfg.max_client_connections,
         .limit_exempt = cfg.limit_exempt,
+        .max_client_requests =
+            cfg.max_client_requests > 0 ? cfg.max_client_requests : 2 * (int64_t)concurrency,
+        .trusted_proxy = cfg.trusted_proxy,
         .idle_timeout_ms = cfg.idle_timeout_ms,
         .max_body_bytes = cfg.max_body_bytes,
         .routes = routes,

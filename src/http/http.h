@@ -51,6 +51,8 @@ struct http_server_config {
     struct util_pool *blocking;     /* short blocking work: database commits (not owned) */
     int64_t max_connections;        /* MHD_OPTION_CONNECTION_LIMIT */
     int64_t max_client_connections; /* per client address, except exempt ones */
+    int64_t max_client_requests;    /* per client in or waiting for processing (429 past it) */
+    const char *trusted_proxy;      /* CIDRs whose last X-Forwarded-For hop names the client */
     const char *limit_exempt;       /* comma-separated CIDRs */
     int64_t idle_timeout_ms;        /* idle connection timeout */
     int64_t max_body_bytes;         /* body cap for routes that take one */
@@ -97,6 +99,9 @@ const void *http_request_body(struct http_request *req, size_t *len);
 const char *http_request_id(struct http_request *req);
 /* The socket peer's address as text. */
 const char *http_request_peer(struct http_request *req);
+/* The client: the peer, or the last X-Forwarded-For hop when the peer is a
+ * trusted proxy. */
+const char *http_request_client(struct http_request *req);
 /* True when the handler runs on a processing thread. */
 bool http_request_on_pool(struct http_request *req);
 /* Per-request slot for the handler's own state between its two calls. The

@@ -77,6 +77,9 @@ struct http_server {
     GHashTable *clients;           /* address -> open connections (int in pointer) */
     struct cidr exempt[MAX_EXEMPT];
     int nexempt;
+    struct cidr trusted[MAX_EXEMPT]; /* proxies whose X-Forwarded-For we believe */
+    int ntrusted;
+    GHashTable *client_requests;     /* client -> requests in or waiting for processing */
 };
 
 struct http_request {
@@ -99,6 +102,8 @@ struct http_request {
     int nparams;
     char request_id[72];
     char peer[INET6_ADDRSTRLEN];
+    char client[INET6_ADDRSTRLEN];  /* peer, or its X-Forwarded-For when trusted */
+    bool counted;                   /* counted in srv->client_requests */
     int64_t start_us;
     bool on_pool;
     bool woken;                  /* the handler runs again after a wait */
@@ -130,6 +135,10 @@ struct http_request {
 };
 
 /* ---- small helpers ------------------------------------------------------ */
+
+static bool client_admit(struct http_request *req);
+static void client_release(struct http_request *req);
+static void resolve_client(struct http_request *req);
 
 static int write_all(int fd, const void *data, size_t n)
 {
@@ -284,6 +293,11 @@ const char *http_request_id(struct http_request *req)
 const char *http_request_peer(struct http_request *req)
 {
     return req->peer;
+}
+
+const char *http_request_client(struct http_request *req)
+{
+    return req->client[0] ? req->client : req->peer;
 }
 
 bool http_request_on_pool(struct http_request *req)
@@ -679,6 +693,7 @@ static void pool_finish(struct http_request *req)
     pthread_mutex_lock(&srv->lock);
     if (resume)
         pooled_remove(srv, req);
+    client_release(req);
     int left = --req->refs;
     pthread_mutex_unlock(&srv->lock);
     if (left == 0)
@@ -755,6 +770,15 @@ static void to_pool(struct http_request *req, struct util_pool *pool)
         pthread_mutex_unlock(&srv->lock);
         http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
                              "the server is shutting down");
+        req->state = ST_READY;
+        return;
+    }
+    if (!client_admit(req)) {
+        pthread_mutex_unlock(&srv->lock);
+        util_metrics_counter_add("image_server_client_limited_total", "", 1);
+        http_respond_problem(req, 429, "/problems/too-many-requests", "Too many requests",
+                             "this client already has as many requests in processing as it "
+                             "may; retry later");
         req->state = ST_READY;
         return;
     }
@@ -895,6 +919,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         req->args = g_ptr_array_new_with_free_func(g_free);
         MHD_get_connection_values(conn, MHD_HEADER_KIND, copy_pair, req->hdrs);
         MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, copy_pair, req->args);
+        resolve_client(req);
         init_request_id(req);
         if (req->path == NULL || !route(req)) {
             req->state = ST_READY;
@@ -1099,7 +1124,7 @@ static int addr_key(const struct sockaddr *sa, char *out, size_t n)
     return -1;
 }
 
-static bool exempt(const struct http_server *srv, const struct sockaddr *sa)
+static bool in_cidrs(const struct cidr *list, int n, const struct sockaddr *sa)
 {
     const unsigned char *a;
     int family = sa->sa_family;
@@ -1109,8 +1134,8 @@ static bool exempt(const struct http_server *srv, const struct sockaddr *sa)
         a = (const unsigned char *)&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
     else
         return false;
-    for (int i = 0; i < srv->nexempt; i++) {
-        const struct cidr *c = &srv->exempt[i];
+    for (int i = 0; i < n; i++) {
+        const struct cidr *c = &list[i];
         if (c->family != family)
             continue;
         int bits = c->bits;
@@ -1124,6 +1149,87 @@ static bool exempt(const struct http_server *srv, const struct sockaddr *sa)
             return true;
     }
     return false;
+}
+
+static bool exempt(const struct http_server *srv, const struct sockaddr *sa)
+{
+    return in_cidrs(srv->exempt, srv->nexempt, sa);
+}
+
+/* Parses a textual address into a sockaddr; false if it is none. */
+static bool text_addr(const char *text, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)(void *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)(void *)ss;
+    if (inet_pton(AF_INET, text, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        return true;
+    }
+    if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        return true;
+    }
+    return false;
+}
+
+/* The client of a request: the socket peer, or the last X-Forwarded-For
+ * hop when the peer is a trusted proxy (the last hop is the one the proxy
+ * itself added; earlier ones are whatever the client claimed). */
+static void resolve_client(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    g_strlcpy(req->client, req->peer, sizeof(req->client));
+    if (srv->ntrusted == 0)
+        return;
+    struct sockaddr_storage ss;
+    if (!text_addr(req->peer, &ss) ||
+        !in_cidrs(srv->trusted, srv->ntrusted, (const struct sockaddr *)&ss))
+        return;
+    const char *xff = http_request_header(req, "X-Forwarded-For");
+    if (xff == NULL)
+        return;
+    const char *last = strrchr(xff, ',');
+    last = last ? last + 1 : xff;
+    char hop[INET6_ADDRSTRLEN + 8];
+    g_strlcpy(hop, last, sizeof(hop));
+    g_strstrip(hop);
+    if (text_addr(hop, &ss))
+        g_strlcpy(req->client, hop, sizeof(req->client));
+}
+
+/* Counts a request against its client's --max-client-requests; false (and
+ * a 429) when the client is over it. Caller holds srv->lock. */
+static bool client_admit(struct http_request *req)
+{
+    struct http_server *srv = req->srv;
+    if (srv->cfg.max_client_requests <= 0)
+        return true;
+    struct sockaddr_storage ss;
+    if (text_addr(req->client, &ss) && exempt(srv, (const struct sockaddr *)&ss))
+        return true;
+    long n = (long)(intptr_t)g_hash_table_lookup(srv->client_requests, req->client);
+    if (n >= srv->cfg.max_client_requests)
+        return false;
+    g_hash_table_replace(srv->client_requests, g_strdup(req->client),
+                         (gpointer)(intptr_t)(n + 1));
+    req->counted = true;
+    return true;
+}
+
+/* Caller holds srv->lock. */
+static void client_release(struct http_request *req)
+{
+    if (!req->counted)
+        return;
+    struct http_server *srv = req->srv;
+    long n = (long)(intptr_t)g_hash_table_lookup(srv->client_requests, req->client);
+    if (n <= 1)
+        g_hash_table_remove(srv->client_requests, req->client);
+    else
+        g_hash_table_replace(srv->client_requests, g_strdup(req->client),
+                             (gpointer)(intptr_t)(n - 1));
+    req->counted = false;
 }
 
 static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
@@ -1196,7 +1302,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- start and stop ----------------------------------------------------- */
 
-static int parse_cidrs(struct http_server *srv, const char *list, struct util_error *err)
+static int parse_cidrs(struct cidr *out, int *count, const char *flag, const char *list,
+                       struct util_error *err)
 {
     if (list == NULL)
         return 0;
@@ -1206,11 +1313,11 @@ static int parse_cidrs(struct http_server *srv, const char *list, struct util_er
         char *item = g_strstrip(parts[i]);
         if (*item == '\0')
             continue;
-        if (srv->nexempt == MAX_EXEMPT) {
-            rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION, "--limit-exempt: too many");
+        if (*count == MAX_EXEMPT) {
+            rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION, "%s: too many", flag);
             break;
         }
-        struct cidr *c = &srv->exempt[srv->nexempt];
+        struct cidr *c = &out[*count];
         char *slash = strchr(item, '/');
         if (slash)
             *slash = '\0';
@@ -1221,20 +1328,20 @@ static int parse_cidrs(struct http_server *srv, const char *list, struct util_er
             c->family = AF_INET6;
             c->bits = 128;
         } else {
-            rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                                "--limit-exempt: '%s' is not an address", item);
+            rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION, "%s: '%s' is not an address",
+                                flag, item);
             break;
         }
         if (slash) {
             int64_t bits;
             if (util_parse_int(slash + 1, &bits) != 0 || bits < 0 || bits > c->bits) {
                 rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                                    "--limit-exempt: bad prefix length '/%s'", slash + 1);
+                                    "%s: bad prefix length '/%s'", flag, slash + 1);
                 break;
             }
             c->bits = (int)bits;
         }
-        srv->nexempt++;
+        (*count)++;
     }
     g_strfreev(parts);
     return rc;
@@ -1309,9 +1416,12 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
     pthread_cond_init(&srv->drained, NULL);
     srv->clients = g_hash_table_new_full(g_str_hash, g_str_equal, free, NULL);
     srv->recent_wakes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    srv->client_requests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
-    if (parse_cidrs(srv, cfg->limit_exempt, err) != 0 ||
+    if (parse_cidrs(srv->exempt, &srv->nexempt, "--limit-exempt", cfg->limit_exempt, err) != 0 ||
+        parse_cidrs(srv->trusted, &srv->ntrusted, "--trusted-proxy", cfg->trusted_proxy, err) !=
+            0 ||
         parse_listen(cfg->listen, &ss, &sslen, err) != 0)
         goto fail;
     raise_nofile(cfg->max_connections + 256);
@@ -1347,6 +1457,7 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
 fail:
     g_hash_table_destroy(srv->clients);
     g_hash_table_destroy(srv->recent_wakes);
+    g_hash_table_destroy(srv->client_requests);
     free(srv);
     return NULL;
 }
@@ -1420,6 +1531,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
                                     "application/problem+json");
         r->state = ST_READY;
         pooled_remove(srv, r);
+        client_release(r);
         r->next = list;
         list = r;
         abandoned++;
@@ -1451,6 +1563,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     g_hash_table_destroy(srv->clients);
     g_hash_table_destroy(srv->recent_wakes);
     if (abandoned == 0) {
+        g_hash_table_destroy(srv->client_requests);
         pthread_mutex_destroy(&srv->lock);
         pthread_cond_destroy(&srv->drained);
         free(srv);
