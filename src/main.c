@@ -27,7 +27,7 @@ int main(int argc, char **argv)
     /* glibc gives each thread that contends an arena of its own, and
      * libvips' short-lived large buffers fragment them: two arenas cut
      * peak memory by a third under load and were faster than jemalloc
-     * here (README, "Memory"). */
+     * here (README, "Performance and memory"). */
     mallopt(M_ARENA_MAX, 2);
 #endif
     if (argc < 2) {

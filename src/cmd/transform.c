@@ -101,6 +101,10 @@ int cmd_transform(int argc, char **argv, const char *argv0)
                                 .timeout_ms = cfg.timeout_ms};
     if (ops_execute(data, len, &plan, NULL, &limits, &res, &err) != 0) {
         fprintf(stderr, "image-server: transform: %s\n", err.detail);
+        /* A query that does not fit the image (crop outside it) is a bad
+         * query, as the API's 400 says. */
+        if (err.code == UTIL_ERR_INVALID_OPERATION)
+            rc = 2;
         goto out;
     }
     if (!g_file_set_contents(outp, res.buf, (gssize)res.len, &gerr)) {

@@ -778,8 +778,23 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
     }
     if (fmt == OPS_FORMAT_JPEG && vips_image_hasalpha(img)) {
         /* JPEG has no alpha: flatten on white, or on the given background. */
-        double white[3] = {255, 255, 255};
-        VipsArrayDouble *arr = vips_array_double_new(white, img->Bands > 2 ? 3 : 1);
+        double colour[3] = {255, 255, 255};
+        for (int i = 0; i < plan->nsteps; i++) {
+            const struct ops_step *st = &plan->steps[i];
+            const struct ops_rgba *c = NULL;
+            if (st->kind == OPS_STEP_ROTATE && st->rotate.background_given)
+                c = &st->rotate.background;
+            else if (st->kind == OPS_STEP_RESIZE && st->resize.background_given)
+                c = &st->resize.background;
+            if (c) {
+                colour[0] = c->r;
+                colour[1] = c->g;
+                colour[2] = c->b;
+            }
+        }
+        if (img->Bands <= 2)
+            colour[0] = (colour[0] + colour[1] + colour[2]) / 3;
+        VipsArrayDouble *arr = vips_array_double_new(colour, img->Bands > 2 ? 3 : 1);
         VipsImage *out;
         int rc = vips_flatten(img, &out, "background", arr, NULL);
         vips_area_unref(VIPS_AREA(arr));

@@ -1063,6 +1063,30 @@ static int sq_job_fail(struct store *base, const char *id, const char *owner, in
     return out;
 }
 
+static int sq_job_release(struct store *base, const char *id, const char *owner, int attempt,
+                          struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    int n = run(db,
+                prep(db,
+                     "UPDATE jobs SET status = 'queued', run_at = ?, attempts = attempts - 1,"
+                     " lease_owner = NULL, lease_expires_at = NULL"
+                     " WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?",
+                     "itti", util_now_ms(), id, owner, (int64_t)attempt),
+                err, "releasing a job");
+    release(s, db);
+    if (n < 0)
+        return -1;
+    if (n == 0)
+        return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held",
+                              id);
+    jobs_signal(s);
+    return 0;
+}
+
 static int sq_job_cancel(struct store *base, const char *id, struct store_job *out,
                          struct util_error *err)
 {
@@ -1083,8 +1107,10 @@ static int sq_job_cancel(struct store *base, const char *id, struct store_job *o
         if (r == 1)
             util_error_set(err, UTIL_ERR_NOT_FOUND, "no job has the id '%.40s'", id);
         else if (r == 0 && n == 0)
-            util_error_set(err, UTIL_ERR_CONFLICT, "the job is already %s",
-                           store_job_status_name(out->status));
+            util_error_set(err, UTIL_ERR_CONFLICT, "the job has already %s",
+                           out->status == STORE_JOB_SUCCEEDED ? "succeeded"
+                           : out->status == STORE_JOB_FAILED  ? "failed"
+                                                              : "been canceled");
         else if (r == 0)
             rc = 0;
     }
@@ -1284,6 +1310,7 @@ static const struct store_ops SQLITE_OPS = {
     .job_heartbeat = sq_job_heartbeat,
     .job_complete = sq_job_complete,
     .job_fail = sq_job_fail,
+    .job_release = sq_job_release,
     .job_cancel = sq_job_cancel,
     .job_rescue = sq_job_rescue,
     .idempotency_expire = sq_idempotency_expire,

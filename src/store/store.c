@@ -170,3 +170,9 @@ int store_job_counts(struct store *s, int64_t counts[5], struct util_error *err)
 {
     return s->ops->job_counts(s, counts, err);
 }
+
+int store_job_release(struct store *s, const char *id, const char *owner, int attempt,
+                      struct util_error *err)
+{
+    return s->ops->job_release(s, id, owner, attempt, err);
+}

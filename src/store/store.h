@@ -118,6 +118,8 @@ struct store_ops {
     int (*job_fail)(struct store *s, const char *id, const char *owner, int attempt,
                     bool retry, int64_t backoff_ms, const char *type, const char *detail,
                     struct util_error *err);
+    int (*job_release)(struct store *s, const char *id, const char *owner, int attempt,
+                       struct util_error *err);
     int (*job_cancel)(struct store *s, const char *id, struct store_job *out,
                       struct util_error *err);
     int (*job_rescue)(struct store *s, int *requeued, int *failed, struct util_error *err);
@@ -222,6 +224,10 @@ int store_job_complete(struct store *s, const char *id, const char *owner, int a
 int store_job_fail(struct store *s, const char *id, const char *owner, int attempt, bool retry,
                    int64_t backoff_ms, const char *type, const char *detail,
                    struct util_error *err);
+/* Gives a job back to the queue at once without using up its attempt (a
+ * worker that stops gracefully). Fenced like fail. */
+int store_job_release(struct store *s, const char *id, const char *owner, int attempt,
+                      struct util_error *err);
 /* Cancels a queued or running job (finished_at set now) and returns it;
  * UTIL_ERR_CONFLICT for a finished job (*out still filled). */
 int store_job_cancel(struct store *s, const char *id, struct store_job *out,

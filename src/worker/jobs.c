@@ -199,10 +199,9 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
         }
     } else if (a->lost || err.code == UTIL_ERR_CONFLICT) {
         if (a->lost == 2) {
-            /* Shutting down: give the job back at once. */
+            /* Shutting down: give the job back at once, its attempt unused. */
             struct util_error ferr = {0};
-            store_job_fail(w->cfg.store, job->id, owner, job->attempts, true, 0,
-                           "/problems/unavailable", "the worker stopped; retried", &ferr);
+            store_job_release(w->cfg.store, job->id, owner, job->attempts, &ferr);
             outcome = "released";
         } else {
             outcome = "fenced";
@@ -215,7 +214,7 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
                            err.detail, &ferr) != 0 &&
             ferr.code != UTIL_ERR_CONFLICT)
             util_warn("job %s: could not record the failure: %s", job->id, ferr.detail);
-        outcome = retry ? "retried" : "failed";
+        outcome = retry && job->attempts < job->max_attempts ? "retried" : "failed";
         util_info("job %s attempt %d: %s (%s)", job->id, job->attempts, err.detail, outcome);
     }
     char labels[48];
