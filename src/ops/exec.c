@@ -268,13 +268,17 @@ too_large:
 
 /* ---- pixel steps -------------------------------------------------------- */
 
-/* Replaces *img by out (consuming the reference), or fails. */
-static int take(VipsImage **img, VipsImage *out, int rc)
+/* Replaces *img by *out (consuming the reference) when rc is 0, or fails.
+ * out is passed by address and read only here, after the call that sets it
+ * has returned: the order in which C evaluates arguments is unspecified,
+ * so take(img, &out, vips_x(..., &out)) could read out before vips_x wrote
+ * it (libFuzzer's clang build did). */
+static int take(VipsImage **img, VipsImage **out, int rc)
 {
     if (rc != 0)
         return -1;
     g_object_unref(*img);
-    *img = out;
+    *img = *out;
     return 0;
 }
 
@@ -304,7 +308,7 @@ static int own_metadata(VipsImage *img)
 static int strip_metadata(VipsImage **img)
 {
     VipsImage *copy;
-    if (vips_copy(*img, &copy, NULL) != 0 || take(img, copy, 0) != 0)
+    if (vips_copy(*img, &copy, NULL) != 0 || take(img, &copy, 0) != 0)
         return -1;
     for (size_t i = 0; i < sizeof(META_BLOBS) / sizeof(META_BLOBS[0]); i++)
         vips_image_remove(*img, META_BLOBS[i]);
@@ -333,12 +337,12 @@ static int to_srgb(VipsImage **img, bool use_icc)
                                VIPS_INTENT_RELATIVE, "depth", 8, NULL) != 0) {
             /* A broken profile: fall back to a plain conversion. */
             vips_error_clear();
-        } else if (take(img, out, 0) != 0) {
+        } else if (take(img, &out, 0) != 0) {
             return -1;
         }
         /* The pixels are sRGB now: drop the old profile. */
         VipsImage *copy;
-        if (vips_copy(*img, &copy, NULL) != 0 || take(img, copy, 0) != 0)
+        if (vips_copy(*img, &copy, NULL) != 0 || take(img, &copy, 0) != 0)
             return -1;
         vips_image_remove(*img, VIPS_META_ICC_NAME);
         it = vips_image_guess_interpretation(*img);
@@ -351,10 +355,10 @@ static int to_srgb(VipsImage **img, bool use_icc)
                                  it == VIPS_INTERPRETATION_GREY16)
                                     ? VIPS_INTERPRETATION_B_W
                                     : VIPS_INTERPRETATION_sRGB;
-    if (take(img, out, vips_colourspace(*img, &out, target, NULL)) != 0)
+    if (take(img, &out, vips_colourspace(*img, &out, target, NULL)) != 0)
         return -1;
     if ((*img)->BandFmt != VIPS_FORMAT_UCHAR &&
-        take(img, out, vips_cast(*img, &out, VIPS_FORMAT_UCHAR, NULL)) != 0)
+        take(img, &out, vips_cast(*img, &out, VIPS_FORMAT_UCHAR, NULL)) != 0)
         return -1;
     return 0;
 }
@@ -367,12 +371,12 @@ static int background(VipsImage **img, bool given, struct ops_rgba c, enum ops_f
 {
     VipsImage *out;
     if (given && c.a < 255 && alpha_output(fmt) && !vips_image_hasalpha(*img)) {
-        if (take(img, out, vips_bandjoin_const1(*img, &out, 255, NULL)) != 0)
+        if (take(img, &out, vips_bandjoin_const1(*img, &out, 255, NULL)) != 0)
             return -1;
     }
     bool grey = (*img)->Bands <= 2;
     if (given && grey && (c.r != c.g || c.g != c.b)) {
-        if (take(img, out, vips_colourspace(*img, &out, VIPS_INTERPRETATION_sRGB, NULL)) != 0)
+        if (take(img, &out, vips_colourspace(*img, &out, VIPS_INTERPRETATION_sRGB, NULL)) != 0)
             return -1;
         grey = false;
     }
@@ -461,13 +465,13 @@ static int scale_to(VipsImage **img, int64_t w, int64_t h)
     int64_t W = (*img)->Xsize, H = (*img)->Ysize;
     if (W == w && H == h)
         return 0;
-    if (take(img, out,
+    if (take(img, &out,
              vips_resize(*img, &out, (double)w / (double)W, "vscale", (double)h / (double)H,
                          "kernel", VIPS_KERNEL_LANCZOS3, NULL)) != 0)
         return -1;
     /* vips_resize rounds its output size; make it exact. */
     if ((*img)->Xsize != w || (*img)->Ysize != h) {
-        if (take(img, out,
+        if (take(img, &out,
                  vips_embed(*img, &out, 0, 0, (int)w, (int)h, "extend", VIPS_EXTEND_COPY,
                             NULL)) != 0)
             return -1;
@@ -487,7 +491,7 @@ static int finish_resize(VipsImage **img, const struct ops_resize *r,
         if (r->gravity == OPS_GRAVITY_ENTROPY || r->gravity == OPS_GRAVITY_ATTENTION) {
             /* smartcrop reads the image twice; ops_execute makes sure a
              * shrink-on-load source is in memory first. */
-            return take(img, out,
+            return take(img, &out,
                         vips_smartcrop(*img, &out, (int)g->box_w, (int)g->box_h, "interesting",
                                        r->gravity == OPS_GRAVITY_ENTROPY
                                            ? VIPS_INTERESTING_ENTROPY
@@ -496,7 +500,7 @@ static int finish_resize(VipsImage **img, const struct ops_resize *r,
         }
         int x, y;
         place(r->gravity, W, H, g->box_w, g->box_h, &x, &y);
-        return take(img, out,
+        return take(img, &out,
                     vips_extract_area(*img, &out, x, y, (int)g->box_w, (int)g->box_h, NULL));
     }
     double bg[4];
@@ -507,7 +511,7 @@ static int finish_resize(VipsImage **img, const struct ops_resize *r,
     int rc = vips_gravity(*img, &out, compass(r->gravity), (int)g->box_w, (int)g->box_h,
                           "extend", VIPS_EXTEND_BACKGROUND, "background", arr, NULL);
     vips_area_unref(VIPS_AREA(arr));
-    return take(img, out, rc);
+    return take(img, &out, rc);
 }
 
 static int rotate(VipsImage **img, const struct ops_rotate *r, enum ops_format fmt)
@@ -519,7 +523,7 @@ static int rotate(VipsImage **img, const struct ops_rotate *r, enum ops_format f
                                            VIPS_ANGLE_D270};
         if (q == 0)
             return 0;
-        return take(img, out, vips_rot(*img, &out, angles[q], NULL));
+        return take(img, &out, vips_rot(*img, &out, angles[q], NULL));
     }
     double bg[4];
     int n;
@@ -528,7 +532,7 @@ static int rotate(VipsImage **img, const struct ops_rotate *r, enum ops_format f
     VipsArrayDouble *arr = vips_array_double_new(bg, n);
     int rc = vips_rotate(*img, &out, r->angle, "background", arr, NULL);
     vips_area_unref(VIPS_AREA(arr));
-    return take(img, out, rc);
+    return take(img, &out, rc);
 }
 
 /* Runs steps[from..] on one frame. pending, when not NULL, is the geometry
@@ -545,7 +549,7 @@ static int run_steps(VipsImage **img, const struct ops_plan *plan, int from, enu
         int rc = 0;
         switch (st->kind) {
         case OPS_STEP_CROP:
-            rc = take(img, out,
+            rc = take(img, &out,
                       vips_extract_area(*img, &out, st->crop.x, st->crop.y, st->crop.width,
                                         st->crop.height, NULL));
             break;
@@ -561,19 +565,19 @@ static int run_steps(VipsImage **img, const struct ops_plan *plan, int from, enu
             rc = rotate(img, &st->rotate, fmt);
             break;
         case OPS_STEP_FLIP:
-            rc = take(img, out,
+            rc = take(img, &out,
                       vips_flip(*img, &out,
                                 st->flip == OPS_FLIP_HORIZONTAL ? VIPS_DIRECTION_HORIZONTAL
                                                                 : VIPS_DIRECTION_VERTICAL,
                                 NULL));
             break;
         case OPS_STEP_BLUR:
-            rc = take(img, out, vips_gaussblur(*img, &out, st->blur.sigma, NULL));
+            rc = take(img, &out, vips_gaussblur(*img, &out, st->blur.sigma, NULL));
             break;
         case OPS_STEP_SHARPEN:
-            rc = take(img, out, vips_sharpen(*img, &out, "sigma", st->sharpen.sigma, NULL));
+            rc = take(img, &out, vips_sharpen(*img, &out, "sigma", st->sharpen.sigma, NULL));
             if (rc == 0 && (*img)->BandFmt != VIPS_FORMAT_UCHAR)
-                rc = take(img, out, vips_cast(*img, &out, VIPS_FORMAT_UCHAR, NULL));
+                rc = take(img, &out, vips_cast(*img, &out, VIPS_FORMAT_UCHAR, NULL));
             break;
         }
         if (rc != 0)
@@ -604,10 +608,10 @@ static int run_frames(VipsImage **img, int pages, const struct ops_plan *plan, i
     if (vips_arrayjoin(frames, &joined, pages, "across", 1, NULL) != 0)
         goto out;
     int fh = frames[0]->Ysize;
-    if (take(img, joined, 0) != 0)
+    if (take(img, &joined, 0) != 0)
         goto out;
     VipsImage *copy;
-    if (vips_copy(*img, &copy, NULL) != 0 || take(img, copy, 0) != 0)
+    if (vips_copy(*img, &copy, NULL) != 0 || take(img, &copy, 0) != 0)
         goto out;
     vips_image_set_int(*img, VIPS_META_PAGE_HEIGHT, fh);
     rc = 0;
@@ -766,13 +770,13 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
                     g_object_unref(mem);
                 goto fail;
             }
-            take(&img, mem, 0);
+            take(&img, &mem, 0);
         }
         if (run_frames(&img, pages, plan, 1, fmt, &g) != 0)
             goto fail;
     } else {
         VipsImage *out;
-        if (take(&img, out, vips_autorot(img, &out, NULL)) != 0 || to_srgb(&img, true) != 0 ||
+        if (take(&img, &out, vips_autorot(img, &out, NULL)) != 0 || to_srgb(&img, true) != 0 ||
             run_frames(&img, pages, plan, 0, fmt, NULL) != 0)
             goto fail;
     }
@@ -798,7 +802,7 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         VipsImage *out;
         int rc = vips_flatten(img, &out, "background", arr, NULL);
         vips_area_unref(VIPS_AREA(arr));
-        if (take(&img, out, rc) != 0)
+        if (take(&img, &out, rc) != 0)
             goto fail;
     }
     if (plan->output.strip && strip_metadata(&img) != 0)
