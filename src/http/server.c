@@ -392,13 +392,7 @@ static void *timer_main(void *arg)
     struct http_server *srv = arg;
     pthread_mutex_lock(&srv->lock);
     while (!srv->timer_stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(50);
         pthread_cond_timedwait(&srv->timer_cv, &srv->lock, &ts);
         g_hash_table_foreach_remove(srv->recent_wakes, wake_expired,
                                     (gpointer)(intptr_t)util_monotonic_ms());
@@ -1487,13 +1481,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     int64_t end = util_monotonic_ms() + deadline_ms;
     pthread_mutex_lock(&srv->lock);
     while (srv->inflight > 0 && util_monotonic_ms() < end) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(50);
         pthread_cond_timedwait(&srv->drained, &srv->lock, &ts);
     }
     /* Whatever is still on the pool is answered 503 now; its task keeps its
@@ -1510,13 +1498,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
             committing |= r->committing;
         if (!committing || util_monotonic_ms() > commit_end)
             break;
-        struct timespec cts;
-        clock_gettime(CLOCK_REALTIME, &cts);
-        cts.tv_nsec += 20 * 1000000;
-        if (cts.tv_nsec >= 1000000000) {
-            cts.tv_sec++;
-            cts.tv_nsec -= 1000000000;
-        }
+        struct timespec cts = util_deadline_in(20);
         pthread_cond_timedwait(&srv->drained, &srv->lock, &cts);
     }
     int abandoned = 0;
@@ -1549,13 +1531,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     int64_t flush_end = util_monotonic_ms() + 1000;
     pthread_mutex_lock(&srv->lock);
     while (srv->open_requests > 0 && util_monotonic_ms() < flush_end) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(20);
         pthread_cond_timedwait(&srv->drained, &srv->lock, &ts);
     }
     pthread_mutex_unlock(&srv->lock);

@@ -1247,14 +1247,7 @@ static uint64_t sq_job_signals(struct store *base)
 static void sq_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (timeout_ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = util_deadline_in(timeout_ms);
     pthread_mutex_lock(&s->lock);
     while (s->jobs_gen == seen) {
         if (pthread_cond_timedwait(&s->jobs_cv, &s->lock, &ts) != 0)

@@ -222,14 +222,7 @@ int util_pool_stop(struct util_pool *pool, int64_t deadline_ms)
         int64_t left = end - util_monotonic_ms();
         if (left <= 0)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(left);
         pthread_cond_timedwait(&pool->idle, &pool->lock, &ts);
     }
     int left = pool->running;

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* ---- domain errors ------------------------------------------------------ */
 
@@ -142,6 +143,8 @@ int util_cursor_decode(const char *cursor, int64_t *position);
 int64_t util_now_ms(void);       /* wall clock, ms since the epoch */
 int64_t util_monotonic_ms(void); /* monotonic clock, ms */
 int64_t util_monotonic_us(void); /* monotonic clock, us */
+/* The wall-clock time ms from now, for pthread_cond_timedwait. */
+struct timespec util_deadline_in(int64_t ms);
 /* "2026-11-25T01:52:16.123Z" into out (at least 25 bytes). */
 void util_rfc3339_ms(int64_t epoch_ms, char *out, size_t n);
 

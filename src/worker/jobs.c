@@ -292,14 +292,7 @@ static void *heartbeat_main(void *p)
         period = 10;
     pthread_mutex_lock(&w->lock);
     while (!w->stop || w->running > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += period / 1000;
-        ts.tv_nsec += (period % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(period);
         pthread_cond_timedwait(&w->cv, &w->lock, &ts);
         for (int i = 0; i < w->nthreads; i++) {
             struct active *a = &w->active[i];
@@ -370,13 +363,7 @@ void worker_jobs_stop(struct worker_jobs *w, int64_t deadline_ms)
     int64_t end = util_monotonic_ms() + deadline_ms;
     pthread_mutex_lock(&w->lock);
     while (w->running > 0 && util_monotonic_ms() < end) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(50);
         pthread_cond_timedwait(&w->cv, &w->lock, &ts);
     }
     /* Past the deadline: jobs still running are killed through their

@@ -89,14 +89,7 @@ static void *sweeper_main(void *arg)
     struct worker_sweeper *sw = arg;
     pthread_mutex_lock(&sw->lock);
     while (!sw->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += sw->interval_ms / 1000;
-        ts.tv_nsec += (sw->interval_ms % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = util_deadline_in(sw->interval_ms);
         pthread_cond_timedwait(&sw->wake, &sw->lock, &ts);
         if (sw->stop)
             break;
