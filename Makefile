@@ -25,12 +25,25 @@ build: deps build/build.ninja
 build-san: deps-test build-san/build.ninja
 	@ninja -C build-san >/dev/null || ninja -C build-san
 
+# libFuzzer targets (clang, ASan + UBSan): see fuzz/ and scripts/fuzz.
+FUZZ_TARGETS := fuzz/fuzz_ops_parse fuzz/fuzz_job_json fuzz/fuzz_multipart fuzz/fuzz_transform
+
+build-fuzz/build.ninja:
+	CC=clang meson setup build-fuzz -Dfuzz=true --buildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+
+build-fuzz: deps-test build-fuzz/build.ninja
+	@ninja -C build-fuzz $(FUZZ_TARGETS) >/dev/null || ninja -C build-fuzz $(FUZZ_TARGETS)
+
+# Every fuzzer for 10 minutes, one after the other (make test runs 20 s each).
+fuzz: build-fuzz
+	@scripts/fuzz 600
+
 run: build
 	@mkdir -p $(DATA)/blobs
 	exec build/image-server serve --listen $(LISTEN) --database sqlite:$(DATA)/image-server.db --blobs fs:$(DATA)/blobs
 
 # Every test, then one line "N passed, M failed".
-test: deps-test build-san build
+test: deps-test build-san build build-fuzz
 	@scripts/run-tests
 
 format:

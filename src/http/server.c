@@ -1279,6 +1279,9 @@ static void notify_connection(void *cls, struct MHD_Connection *conn, void **soc
     }
 }
 
+/* libmicrohttpd's logger: fmt is its own printf format. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
