@@ -29,13 +29,13 @@ struct api_auth;
 
 /* What every handler shares (read-only after start). */
 struct api_ctx {
-    struct store *store;       /* metadata */
-    struct blob_store *blobs;  /* bytes */
-    struct ops_limits limits;  /* pixel limits and deadline */
-    bool variant_cache;        /* --variant-cache */
-    int64_t jobs_max;          /* queued jobs before POST /v1/jobs is 503 */
-    int64_t max_attempts;      /* attempts per job */
-    struct api_auth *auth;     /* keys and signing key, or NULL: all open */
+    struct store *store;      /* metadata */
+    struct blob_store *blobs; /* bytes */
+    struct ops_limits limits; /* pixel limits and deadline */
+    bool variant_cache;       /* --variant-cache */
+    int64_t jobs_max;         /* queued jobs before POST /v1/jobs is 503 */
+    int64_t max_attempts;     /* attempts per job */
+    struct api_auth *auth;    /* keys and signing key, or NULL: all open */
 };
 
 /* Access (auth.c). keys: one a line. NULL on a bad keys file. */

@@ -18,11 +18,11 @@
 #include "api/api.h"
 
 struct api_auth {
-    pthread_rwlock_t lock;   /* guards digests (SIGHUP reloads them) */
-    GArray *digests;         /* guint8[32] per key */
-    int nflag_keys;          /* the first ones come from --api-key */
-    char *keys_file;         /* --api-keys-file, NULL if none */
-    char *signing_key;       /* NULL if none */
+    pthread_rwlock_t lock; /* guards digests (SIGHUP reloads them) */
+    GArray *digests;       /* guint8[32] per key */
+    int nflag_keys;        /* the first ones come from --api-key */
+    char *keys_file;       /* --api-keys-file, NULL if none */
+    char *signing_key;     /* NULL if none */
 };
 
 static void digest(const char *text, size_t len, guint8 out[32])

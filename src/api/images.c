@@ -22,10 +22,10 @@ static json_t *image_json(const struct store_image *img, bool info)
 {
     char created[40];
     util_rfc3339_ms(img->created_at_ms, created, sizeof(created));
-    json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "id", img->id, "format",
-                          img->format, "width", (json_int_t)img->width, "height",
-                          (json_int_t)img->height, "bytes", (json_int_t)img->bytes, "sha256",
-                          img->sha256, "created_at", created);
+    json_t *o =
+        json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s}", "id", img->id, "format", img->format,
+                  "width", (json_int_t)img->width, "height", (json_int_t)img->height, "bytes",
+                  (json_int_t)img->bytes, "sha256", img->sha256, "created_at", created);
     if (info && o) {
         json_object_set_new(o, "pages", json_integer(img->pages));
         json_object_set_new(o, "has_alpha", json_boolean(img->has_alpha));
@@ -67,8 +67,7 @@ bool api_find_image(struct http_request *req, struct api_ctx *ctx, struct store_
 /* ---- upload ------------------------------------------------------------- */
 
 /* Where the image bytes are in the body: raw, or the multipart field "file". */
-int api_body_image(struct http_request *req, const void **data, size_t *len,
-                   struct util_error *err)
+int api_body_image(struct http_request *req, const void **data, size_t *len, struct util_error *err)
 {
     const char *ct = http_request_header(req, "Content-Type");
     size_t blen;
@@ -175,8 +174,8 @@ enum http_next api_images_create(struct http_request *req, void *vctx)
 int api_check_image_body(struct http_request *req, struct util_error *err)
 {
     const char *ct = http_request_header(req, "Content-Type");
-    if (ct == NULL || (strncasecmp(ct, "image/", 6) != 0 &&
-                       strncasecmp(ct, "multipart/form-data", 19) != 0))
+    if (ct == NULL ||
+        (strncasecmp(ct, "image/", 6) != 0 && strncasecmp(ct, "multipart/form-data", 19) != 0))
         return util_error_set(err, UTIL_ERR_UNSUPPORTED,
                               "send the image as the body with Content-Type image/*, or as the "
                               "multipart/form-data field 'file' (got %.60s)",
@@ -280,8 +279,7 @@ enum http_next api_images_list(struct http_request *req, void *vctx)
     int64_t before = 0;
     const char *c = http_request_query(req, "cursor");
     if (c && util_cursor_decode(c, &before) != 0) {
-        util_error_set(&err, UTIL_ERR_INVALID_OPERATION,
-                       "cursor is not one this server gave out");
+        util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "cursor is not one this server gave out");
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
@@ -295,8 +293,7 @@ enum http_next api_images_list(struct http_request *req, void *vctx)
         if (eq)
             *eq = '\0';
         if (strcmp(pairs[i], "limit") != 0 && strcmp(pairs[i], "cursor") != 0) {
-            util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "unknown parameter '%.40s'",
-                           pairs[i]);
+            util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "unknown parameter '%.40s'", pairs[i]);
             g_strfreev(pairs);
             api_respond_error(req, &err);
             return HTTP_DONE;

@@ -82,8 +82,8 @@ static int parse_post(struct http_request *req, struct api_ctx *ctx, struct post
     size_t len;
     const char *body = http_request_body(req, &len);
     if (len > JOB_JSON_MAX)
-        return util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                              "a job request is at most %d bytes", JOB_JSON_MAX);
+        return util_error_set(err, UTIL_ERR_INVALID_OPERATION, "a job request is at most %d bytes",
+                              JOB_JSON_MAX);
     json_error_t jerr;
     json_t *root = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &jerr);
     int rc = -1;
@@ -131,8 +131,8 @@ static int parse_post(struct http_request *req, struct api_ctx *ctx, struct post
         goto out;
     }
     g_strlcpy(ps->job.image_id, id, sizeof(ps->job.image_id));
-    json_t *spec = json_pack("{s:O, s:O}", "operations", ops, "output",
-                             output ? output : json_null());
+    json_t *spec =
+        json_pack("{s:O, s:O}", "operations", ops, "output", output ? output : json_null());
     ps->job.spec = json_dumps(spec, JSON_COMPACT);
     json_decref(spec);
     char *canon = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
@@ -271,8 +271,7 @@ enum http_next api_jobs_list(struct http_request *req, void *vctx)
             *eq = '\0';
         if (pairs[i][0] && strcmp(pairs[i], "limit") != 0 && strcmp(pairs[i], "cursor") != 0 &&
             strcmp(pairs[i], "status") != 0) {
-            util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "unknown parameter '%.40s'",
-                           pairs[i]);
+            util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "unknown parameter '%.40s'", pairs[i]);
             g_strfreev(pairs);
             api_respond_error(req, &err);
             return HTTP_DONE;

@@ -18,18 +18,18 @@
 
 /* What the I/O-thread half hands to the pool half. */
 struct variant_state {
-    struct store_image img;        /* the source */
-    struct ops_plan plan;          /* output format resolved */
-    char key[OPS_CANONICAL_MAX];   /* canonical plan: the cache key with the image id */
-    char etag[80];                 /* from image sha256 + key */
-    bool vary;                     /* format=auto: the answer depends on Accept */
+    struct store_image img;      /* the source */
+    struct ops_plan plan;        /* output format resolved */
+    char key[OPS_CANONICAL_MAX]; /* canonical plan: the cache key with the image id */
+    char etag[80];               /* from image sha256 + key */
+    bool vary;                   /* format=auto: the answer depends on Accept */
 };
 
 /* One computation in progress, for single flight. */
 struct flight {
-    int waiters;        /* requests waiting for it, besides the one computing */
-    bool done;          /* finished (stored or failed) */
-    pthread_cond_t cv;  /* signalled when done */
+    int waiters;       /* requests waiting for it, besides the one computing */
+    bool done;         /* finished (stored or failed) */
+    pthread_cond_t cv; /* signalled when done */
 };
 
 static pthread_mutex_t flights_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -37,9 +37,9 @@ struct blob_ops {
     int (*get)(struct blob_store *b, const char *sha256, struct blob_data *out,
                struct util_error *err);
     int (*exists)(struct blob_store *b, const char *sha256, bool *out, struct util_error *err);
-    int (*remove_if_unreferenced)(struct blob_store *b, const char *sha256,
-                                  int64_t older_than_ms, blob_referenced_fn check, void *arg,
-                                  bool *removed, struct util_error *err);
+    int (*remove_if_unreferenced)(struct blob_store *b, const char *sha256, int64_t older_than_ms,
+                                  blob_referenced_fn check, void *arg, bool *removed,
+                                  struct util_error *err);
     int (*walk)(struct blob_store *b, blob_visit_fn fn, void *arg, struct util_error *err);
 };
 

@@ -146,8 +146,8 @@ static int fs_put(struct blob_store *b, const char *sha, const void *data, size_
     char tmpdir[4096];
     snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", s->root);
     if (mkdir_p(dir) != 0 || mkdir_p(tmpdir) != 0)
-        return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: cannot create %s: %s",
-                              dir, strerror(errno));
+        return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: cannot create %s: %s", dir,
+                              strerror(errno));
     char rnd[UTIL_ID_LEN + 1];
     if (util_id_new(rnd) != 0)
         return util_error_set(err, UTIL_ERR_INTERNAL, "no randomness");
@@ -168,8 +168,7 @@ static int fs_put(struct blob_store *b, const char *sha, const void *data, size_
     if (close(fd) != 0 || rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
-        return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: %s: %s", path,
-                              strerror(e));
+        return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: %s: %s", path, strerror(e));
     }
     if (fsync_dir(dir) != 0)
         return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: fsync %s: %s", dir,
@@ -219,8 +218,7 @@ static int fs_exists(struct blob_store *b, const char *sha, bool *out, struct ut
         *out = false;
         return 0;
     }
-    return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: %s: %s", path,
-                          strerror(errno));
+    return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: %s: %s", path, strerror(errno));
 }
 
 static int64_t mtime_ms(const struct stat *st)
@@ -248,18 +246,18 @@ static int fs_remove_if_unreferenced(struct blob_store *b, const char *sha, int6
     if (PATHF(grave, "%s/tmp/%s.grave.%s", s->root, sha, rnd))
         return util_error_set(err, UTIL_ERR_INTERNAL, "blob path too long");
     if (rename(path, grave) != 0)
-        return errno == ENOENT ? 0
-                               : util_error_set(err, UTIL_ERR_UNAVAILABLE,
-                                                "blob storage: rename %s: %s", path,
-                                                strerror(errno));
+        return errno == ENOENT
+                   ? 0
+                   : util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: rename %s: %s", path,
+                                    strerror(errno));
     bool referenced = true;
     bool young = stat(grave, &st) == 0 && mtime_ms(&st) >= older_than_ms;
     if (young || check(sha, &referenced, arg) != 0 || referenced) {
         /* Put it back; an upload may have written it again meanwhile, with
          * the same bytes (content-addressed), so replacing it is harmless. */
         if (rename(grave, path) != 0)
-            return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: rename %s: %s",
-                                  grave, strerror(errno));
+            return util_error_set(err, UTIL_ERR_UNAVAILABLE, "blob storage: rename %s: %s", grave,
+                                  strerror(errno));
         return 0;
     }
     if (unlink(grave) != 0 && errno != ENOENT)
@@ -307,8 +305,7 @@ static int fs_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct uti
                     char back[4096];
                     key_path(s, sha, back, sizeof(back));
                     struct stat st;
-                    if (stat(p2, &st) == 0 && st.st_mtim.tv_sec < time(NULL) - 60 &&
-                        valid_key(sha))
+                    if (stat(p2, &st) == 0 && st.st_mtim.tv_sec < time(NULL) - 60 && valid_key(sha))
                         rename(p2, back);
                     continue;
                 }
@@ -329,8 +326,8 @@ static int fs_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct uti
                 struct stat st;
                 if (stat(p3, &st) != 0)
                     continue;
-                fn(e3->d_name,
-                   (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000, arg);
+                fn(e3->d_name, (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000,
+                   arg);
             }
             closedir(d3);
         }

@@ -16,8 +16,8 @@ int cmd_sign(int argc, char **argv, const char *argv0)
     struct util_config cfg;
     char errbuf[512];
     int argi = 1;
-    switch (util_config_parse(&cfg, UTIL_CMD_SIGN, "sign", argc, argv, &argi, errbuf,
-                              sizeof(errbuf))) {
+    switch (
+        util_config_parse(&cfg, UTIL_CMD_SIGN, "sign", argc, argv, &argi, errbuf, sizeof(errbuf))) {
     case UTIL_CONFIG_HELP:
         printf("\nusage: image-server sign [--signing-key KEY] '/v1/images/ID?w=800&q=80'\n");
         return 0;

@@ -10,7 +10,8 @@
  * (http_request_on_pool() is true there), and the connection is resumed
  * with its answer. HTTP_RUN_BLOCKING does the same on the blocking pool,
  * for work that waits on a disk or a database rather than a CPU (a commit),
- * so it never queues behind image processing. A request is only ever touched by one thread at a time.
+ * so it never queues behind image processing. A request is only ever touched by one thread at a
+ * time.
  */
 #ifndef HTTP_HTTP_H
 #define HTTP_HTTP_H
@@ -25,10 +26,10 @@ struct http_request;
 
 /* What a handler asks for next. */
 enum http_next {
-    HTTP_DONE,        /* a response has been set */
-    HTTP_RUN_ON_POOL, /* call me again on a processing thread */
+    HTTP_DONE,         /* a response has been set */
+    HTTP_RUN_ON_POOL,  /* call me again on a processing thread */
     HTTP_RUN_BLOCKING, /* call me again on a thread for short blocking work (a commit) */
-    HTTP_WAIT,        /* park the request (see http_request_wait) */
+    HTTP_WAIT,         /* park the request (see http_request_wait) */
 };
 
 typedef enum http_next (*http_handler)(struct http_request *req, void *ctx);
@@ -67,8 +68,7 @@ struct http_server_config {
 struct http_server;
 
 /* Binds and starts serving. NULL on error (err says why). */
-struct http_server *http_server_start(const struct http_server_config *cfg,
-                                      struct util_error *err);
+struct http_server *http_server_start(const struct http_server_config *cfg, struct util_error *err);
 /* The bound port (useful with port 0). */
 int http_server_port(struct http_server *srv);
 /* Graceful stop: stops accepting, lets in-flight requests finish up to
@@ -142,8 +142,8 @@ void http_respond_fd(struct http_request *req, int status, const char *content_t
 /* An empty response (204, 304). */
 void http_respond_empty(struct http_request *req, int status);
 /* An RFC 9457 problem+json response. */
-void http_respond_problem(struct http_request *req, int status, const char *type,
-                          const char *title, const char *detail);
+void http_respond_problem(struct http_request *req, int status, const char *type, const char *title,
+                          const char *detail);
 
 /* ---- multipart/form-data ------------------------------------------------- */
 

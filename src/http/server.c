@@ -44,19 +44,19 @@
 #define DISCARD_MAX 65536 /* body bytes read away on a route that takes none */
 
 enum req_state {
-    ST_NEW,     /* not routed yet */
-    ST_BODY,    /* receiving the body */
-    ST_POOL,    /* suspended, waiting for or running on the pool */
-    ST_WAIT,    /* suspended by the handler until woken or timed out */
-    ST_RERUN,   /* woken: run the handler again */
-    ST_READY,   /* the answer is set and can be queued */
-    ST_QUEUED,  /* the answer was queued */
+    ST_NEW,    /* not routed yet */
+    ST_BODY,   /* receiving the body */
+    ST_POOL,   /* suspended, waiting for or running on the pool */
+    ST_WAIT,   /* suspended by the handler until woken or timed out */
+    ST_RERUN,  /* woken: run the handler again */
+    ST_READY,  /* the answer is set and can be queued */
+    ST_QUEUED, /* the answer was queued */
 };
 
 struct cidr {
-    int family;              /* AF_INET or AF_INET6 */
-    unsigned char addr[16];  /* network address */
-    int bits;                /* prefix length */
+    int family;             /* AF_INET or AF_INET6 */
+    unsigned char addr[16]; /* network address */
+    int bits;               /* prefix length */
 };
 
 struct http_server {
@@ -74,51 +74,51 @@ struct http_server {
     pthread_t timer;               /* resumes parked requests past their deadline */
     bool timer_stop;
     pthread_cond_t timer_cv;
-    GHashTable *clients;           /* address -> open connections (int in pointer) */
+    GHashTable *clients; /* address -> open connections (int in pointer) */
     struct cidr exempt[MAX_EXEMPT];
     int nexempt;
     struct cidr trusted[MAX_EXEMPT]; /* proxies whose X-Forwarded-For we believe */
     int ntrusted;
-    GHashTable *client_requests;     /* client -> requests in or waiting for processing */
+    GHashTable *client_requests; /* client -> requests in or waiting for processing */
 };
 
 struct http_request {
     struct http_server *srv;
     struct MHD_Connection *conn;
     enum req_state state;
-    int refs;                    /* I/O side + pool side */
-    bool abandoned;              /* answered 503 at stop while its task still ran */
-    bool committing;             /* its task is writing durable state: never abandoned */
-    struct http_request *next;   /* in srv->pooled */
+    int refs;                  /* I/O side + pool side */
+    bool abandoned;            /* answered 503 at stop while its task still ran */
+    bool committing;           /* its task is writing durable state: never abandoned */
+    struct http_request *next; /* in srv->pooled */
     struct http_request *prev;
     const struct http_route *route;
     char method[16];
-    char *path;                  /* decoded path */
-    char *raw_uri;               /* as sent */
-    const char *raw_query;       /* inside raw_uri, "" when none */
-    char *raw_path;              /* raw_uri up to the '?' */
-    char *pnames[MAX_PARAMS];    /* {name} captures */
+    char *path;               /* decoded path */
+    char *raw_uri;            /* as sent */
+    const char *raw_query;    /* inside raw_uri, "" when none */
+    char *raw_path;           /* raw_uri up to the '?' */
+    char *pnames[MAX_PARAMS]; /* {name} captures */
     char *pvals[MAX_PARAMS];
     int nparams;
     char request_id[72];
     char peer[INET6_ADDRSTRLEN];
-    char client[INET6_ADDRSTRLEN];  /* peer, or its X-Forwarded-For when trusted */
-    bool counted;                   /* counted in srv->client_requests */
+    char client[INET6_ADDRSTRLEN]; /* peer, or its X-Forwarded-For when trusted */
+    bool counted;                  /* counted in srv->client_requests */
     int64_t start_us;
     bool on_pool;
-    bool woken;                  /* the handler runs again after a wait */
-    char *wait_key;              /* what it waits for */
-    int64_t wait_until_ms;       /* monotonic deadline of the wait */
-    int64_t wait_since_ms;       /* when the handler asked to wait (before it checked) */
-    struct http_request *wnext;  /* in srv->waiting */
+    bool woken;                 /* the handler runs again after a wait */
+    char *wait_key;             /* what it waits for */
+    int64_t wait_until_ms;      /* monotonic deadline of the wait */
+    int64_t wait_since_ms;      /* when the handler asked to wait (before it checked) */
+    struct http_request *wnext; /* in srv->waiting */
     /* body */
-    char *body;                  /* malloc'd (Content-Length known) or mmap'd (chunked) */
+    char *body; /* malloc'd (Content-Length known) or mmap'd (chunked) */
     size_t body_len, body_cap;
-    int body_fd;                 /* memfd of a chunked body, -1 otherwise */
-    bool body_mapped;            /* body is an mmap of body_fd */
+    int body_fd;      /* memfd of a chunked body, -1 otherwise */
+    bool body_mapped; /* body is an mmap of body_fd */
     uint64_t bytes_in;
-    uint64_t discarded;          /* body bytes read away on a route that takes none */
-    bool cut;                    /* body cut off past the cap */
+    uint64_t discarded; /* body bytes read away on a route that takes none */
+    bool cut;           /* body cut off past the cap */
     /* answer */
     int status;
     struct MHD_Response *response;
@@ -126,8 +126,8 @@ struct http_request {
     char *hnames[MAX_HEADERS];
     char *hvals[MAX_HEADERS];
     int nheaders;
-    GPtrArray *hdrs;             /* request headers: name, value, name, value... */
-    GPtrArray *args;             /* decoded query arguments, the same way */
+    GPtrArray *hdrs;               /* request headers: name, value, name, value... */
+    GPtrArray *args;               /* decoded query arguments, the same way */
     struct MHD_Response *override; /* 503 for a request abandoned at stop */
     /* handler state */
     void *state_ptr;
@@ -349,8 +349,8 @@ static void resume_waiting(struct http_server *srv, const char *key, bool all)
     pthread_mutex_lock(&srv->lock);
     for (struct http_request **p = &srv->waiting; *p;) {
         struct http_request *r = *p;
-        bool hit = all || (key ? (r->wait_key && strcmp(r->wait_key, key) == 0)
-                               : r->wait_until_ms <= now);
+        bool hit =
+            all || (key ? (r->wait_key && strcmp(r->wait_key, key) == 0) : r->wait_until_ms <= now);
         if (!hit) {
             p = &r->wnext;
             continue;
@@ -412,8 +412,7 @@ static void park(struct http_request *req)
     struct http_server *srv = req->srv;
     pthread_mutex_lock(&srv->lock);
     gpointer woke = req->wait_key ? g_hash_table_lookup(srv->recent_wakes, req->wait_key) : NULL;
-    if (srv->stopping || req->wait_key == NULL ||
-        (woke && (intptr_t)woke >= req->wait_since_ms)) {
+    if (srv->stopping || req->wait_key == NULL || (woke && (intptr_t)woke >= req->wait_since_ms)) {
         pthread_mutex_unlock(&srv->lock);
         req->state = ST_RERUN; /* answer now */
         req->woken = true;
@@ -529,8 +528,8 @@ static void json_escape(GString *out, const char *s)
     g_string_append_c(out, '"');
 }
 
-void http_respond_problem(struct http_request *req, int status, const char *type,
-                          const char *title, const char *detail)
+void http_respond_problem(struct http_request *req, int status, const char *type, const char *title,
+                          const char *detail)
 {
     /* An error must not carry what was set for a success (ETag, a year of
      * Cache-Control): keep only the headers that belong to errors. */
@@ -816,16 +815,16 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     req->raw_uri = strdup(uri ? uri : "");
     char *q = req->raw_uri ? strchr(req->raw_uri, '?') : NULL;
     req->raw_query = q ? q + 1 : "";
-    req->raw_path = req->raw_uri ? g_strndup(req->raw_uri, q ? (gsize)(q - req->raw_uri)
-                                                              : strlen(req->raw_uri))
-                                 : NULL;
+    req->raw_path =
+        req->raw_uri ? g_strndup(req->raw_uri, q ? (gsize)(q - req->raw_uri) : strlen(req->raw_uri))
+                     : NULL;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
         const struct sockaddr *sa = ci->client_addr;
         if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr,
-                      req->peer, sizeof(req->peer));
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, req->peer,
+                      sizeof(req->peer));
         else if (sa->sa_family == AF_INET6)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
                       req->peer, sizeof(req->peer));
@@ -938,8 +937,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 else
                     snprintf(detail, sizeof(detail), "%s %s takes no body", method,
                              req->route->pattern);
-                http_respond_problem(req, 413, "/problems/payload-too-large",
-                                     "Payload too large", detail);
+                http_respond_problem(req, 413, "/problems/payload-too-large", "Payload too large",
+                                     detail);
                 req->state = ST_READY;
                 return queue(req);
             }
@@ -1068,19 +1067,17 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         status = 499; /* the client went away before an answer */
     const char *route_name = req->route ? req->route->name : "none";
     /* The method is client text: only known ones become label values. */
-    static const char *const KNOWN[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
-                                        "OPTIONS"};
+    static const char *const KNOWN[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
     const char *method = "other";
     for (size_t i = 0; i < sizeof(KNOWN) / sizeof(KNOWN[0]); i++)
         if (strcmp(req->method, KNOWN[i]) == 0)
             method = KNOWN[i];
     char labels[160];
-    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route_name,
-             method, status);
+    snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"", route_name, method,
+             status);
     util_metrics_counter_add("http_requests_total", labels, 1);
     snprintf(labels, sizeof(labels), "route=\"%s\"", route_name);
-    util_metrics_histogram_observe("http_request_duration_seconds", labels,
-                                   (double)dur_us / 1e6);
+    util_metrics_histogram_observe("http_request_duration_seconds", labels, (double)dur_us / 1e6);
     util_metrics_counter_add("http_request_bytes_total", "", (double)req->bytes_in);
     /* HEAD answers carry no body; a cut connection sent none we know of. */
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || strcmp(req->method, "HEAD") == 0)
@@ -1091,8 +1088,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     log_escape(req->method[0] ? req->method : "-", mlog, sizeof(mlog));
     log_escape(req->path ? req->path : "-", plog, sizeof(plog));
     util_log("access", "%s %s %d %llu %.1fms %s %s%s", mlog, plog, status,
-             (unsigned long long)req->bytes_out,
-             (double)dur_us / 1000.0, req->request_id[0] ? req->request_id : "-", req->peer,
+             (unsigned long long)req->bytes_out, (double)dur_us / 1000.0,
+             req->request_id[0] ? req->request_id : "-", req->peer,
              req->cut ? " body-cut-off" : "");
     pthread_mutex_lock(&srv->lock);
     srv->open_requests--;
@@ -1111,8 +1108,8 @@ static int addr_key(const struct sockaddr *sa, char *out, size_t n)
                    ? 0
                    : -1;
     if (sa->sa_family == AF_INET6)
-        return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
-                         out, (socklen_t)n)
+        return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                         (socklen_t)n)
                    ? 0
                    : -1;
     return -1;
@@ -1205,8 +1202,7 @@ static bool client_admit(struct http_request *req)
     long n = (long)(intptr_t)g_hash_table_lookup(srv->client_requests, req->client);
     if (n >= srv->cfg.max_client_requests)
         return false;
-    g_hash_table_replace(srv->client_requests, g_strdup(req->client),
-                         (gpointer)(intptr_t)(n + 1));
+    g_hash_table_replace(srv->client_requests, g_strdup(req->client), (gpointer)(intptr_t)(n + 1));
     req->counted = true;
     return true;
 }
@@ -1325,15 +1321,15 @@ static int parse_cidrs(struct cidr *out, int *count, const char *flag, const cha
             c->family = AF_INET6;
             c->bits = 128;
         } else {
-            rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION, "%s: '%s' is not an address",
-                                flag, item);
+            rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION, "%s: '%s' is not an address", flag,
+                                item);
             break;
         }
         if (slash) {
             int64_t bits;
             if (util_parse_int(slash + 1, &bits) != 0 || bits < 0 || bits > c->bits) {
-                rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                                    "%s: bad prefix length '/%s'", flag, slash + 1);
+                rc = util_error_set(err, UTIL_ERR_INVALID_OPERATION, "%s: bad prefix length '/%s'",
+                                    flag, slash + 1);
                 break;
             }
             c->bits = (int)bits;
@@ -1400,8 +1396,7 @@ static void raise_nofile(int64_t want)
         util_warn("could not raise the open-file limit to %lld", (long long)want);
 }
 
-struct http_server *http_server_start(const struct http_server_config *cfg,
-                                      struct util_error *err)
+struct http_server *http_server_start(const struct http_server_config *cfg, struct util_error *err)
 {
     struct http_server *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) {
@@ -1423,16 +1418,15 @@ struct http_server *http_server_start(const struct http_server_config *cfg,
         goto fail;
     raise_nofile(cfg->max_connections + 256);
 
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    unsigned flags =
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned io = cfg->io_threads > 0 ? (unsigned)cfg->io_threads : 1;
     srv->daemon = MHD_start_daemon(
-        flags, 0, accept_policy, srv, access_handler, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        srv, MHD_OPTION_SOCK_ADDR,
-        (const struct sockaddr *)&ss, MHD_OPTION_URI_LOG_CALLBACK, uri_log, srv,
-        MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_NOTIFY_CONNECTION,
+        flags, 0, accept_policy, srv, access_handler, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
+        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&ss, MHD_OPTION_URI_LOG_CALLBACK, uri_log,
+        srv, MHD_OPTION_NOTIFY_COMPLETED, completed, srv, MHD_OPTION_NOTIFY_CONNECTION,
         notify_connection, srv, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)((cfg->idle_timeout_ms + 999) / 1000),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
@@ -1528,8 +1522,7 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
         MHD_resume_connection(r->conn);
     }
     if (abandoned)
-        util_warn("stop: %d request(s) still processing at the deadline answered 503",
-                  abandoned);
+        util_warn("stop: %d request(s) still processing at the deadline answered 503", abandoned);
     /* Give the answers a moment to be sent before the daemon closes sockets. */
     int64_t flush_end = util_monotonic_ms() + 1000;
     pthread_mutex_lock(&srv->lock);

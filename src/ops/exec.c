@@ -25,13 +25,13 @@
 
 /* AVIF encoding at libvips' default effort (4) takes ~0.6 s for 1200x800
  * here; effort 2 is several times faster for a few percent more bytes. */
-#define AVIF_EFFORT 2
-#define WEBP_EFFORT 4
+#define AVIF_EFFORT     2
+#define WEBP_EFFORT     4
 #define PNG_COMPRESSION 6
 
 static const char *format_names[] = {
-    [OPS_FORMAT_JPEG] = "jpeg", [OPS_FORMAT_PNG] = "png",   [OPS_FORMAT_WEBP] = "webp",
-    [OPS_FORMAT_AVIF] = "avif", [OPS_FORMAT_GIF] = "gif",   [OPS_FORMAT_TIFF] = "tiff",
+    [OPS_FORMAT_JPEG] = "jpeg", [OPS_FORMAT_PNG] = "png", [OPS_FORMAT_WEBP] = "webp",
+    [OPS_FORMAT_AVIF] = "avif", [OPS_FORMAT_GIF] = "gif", [OPS_FORMAT_TIFF] = "tiff",
 };
 
 /* ---- format resolution -------------------------------------------------- */
@@ -54,7 +54,8 @@ static double accept_q(const char *accept, const char *type)
             name_len--;
         if (name_len == tlen && g_ascii_strncasecmp(p, type, tlen) == 0) {
             double q = 1.0;
-            for (const char *s = semi; s && s < p + len; s = memchr(s + 1, ';', (size_t)(p + len - s - 1))) {
+            for (const char *s = semi; s && s < p + len;
+                 s = memchr(s + 1, ';', (size_t)(p + len - s - 1))) {
                 const char *v = s + 1;
                 while (*v == ' ')
                     v++;
@@ -216,8 +217,8 @@ int ops_plan_geometry(const struct ops_plan *plan, int64_t width, int64_t height
             const struct ops_crop *c = &st->crop;
             if ((int64_t)c->x + c->width > w || (int64_t)c->y + c->height > h)
                 return util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                                      "crop=%d,%d,%d,%d is outside the %lldx%lld image", c->x,
-                                      c->y, c->width, c->height, (long long)w, (long long)h);
+                                      "crop=%d,%d,%d,%d is outside the %lldx%lld image", c->x, c->y,
+                                      c->width, c->height, (long long)w, (long long)h);
             w = c->width;
             h = c->height;
             break;
@@ -260,10 +261,9 @@ int ops_plan_geometry(const struct ops_plan *plan, int64_t width, int64_t height
     *out_h = h;
     return 0;
 too_large:
-    return util_error_set(err, UTIL_ERR_TOO_LARGE,
-                          "the result would be %lldx%lld%s; at most %lld pixels are allowed",
-                          (long long)w, (long long)h, pages > 1 ? " per frame" : "",
-                          (long long)max_output_pixels);
+    return util_error_set(
+        err, UTIL_ERR_TOO_LARGE, "the result would be %lldx%lld%s; at most %lld pixels are allowed",
+        (long long)w, (long long)h, pages > 1 ? " per frame" : "", (long long)max_output_pixels);
 }
 
 /* ---- pixel steps -------------------------------------------------------- */
@@ -351,8 +351,7 @@ static int to_srgb(VipsImage **img, bool use_icc)
         return 0;
     if (it == VIPS_INTERPRETATION_sRGB && (*img)->BandFmt == VIPS_FORMAT_UCHAR)
         return 0;
-    VipsInterpretation target = (it == VIPS_INTERPRETATION_B_W ||
-                                 it == VIPS_INTERPRETATION_GREY16)
+    VipsInterpretation target = (it == VIPS_INTERPRETATION_B_W || it == VIPS_INTERPRETATION_GREY16)
                                     ? VIPS_INTERPRETATION_B_W
                                     : VIPS_INTERPRETATION_sRGB;
     if (take(img, &out, vips_colourspace(*img, &out, target, NULL)) != 0)
@@ -472,8 +471,8 @@ static int scale_to(VipsImage **img, int64_t w, int64_t h)
     /* vips_resize rounds its output size; make it exact. */
     if ((*img)->Xsize != w || (*img)->Ysize != h) {
         if (take(img, &out,
-                 vips_embed(*img, &out, 0, 0, (int)w, (int)h, "extend", VIPS_EXTEND_COPY,
-                            NULL)) != 0)
+                 vips_embed(*img, &out, 0, 0, (int)w, (int)h, "extend", VIPS_EXTEND_COPY, NULL)) !=
+            0)
             return -1;
     }
     return 0;
@@ -508,8 +507,8 @@ static int finish_resize(VipsImage **img, const struct ops_resize *r,
     if (background(img, r->background_given, r->background, fmt, bg, &n) != 0)
         return -1;
     VipsArrayDouble *arr = vips_array_double_new(bg, n);
-    int rc = vips_gravity(*img, &out, compass(r->gravity), (int)g->box_w, (int)g->box_h,
-                          "extend", VIPS_EXTEND_BACKGROUND, "background", arr, NULL);
+    int rc = vips_gravity(*img, &out, compass(r->gravity), (int)g->box_w, (int)g->box_h, "extend",
+                          VIPS_EXTEND_BACKGROUND, "background", arr, NULL);
     vips_area_unref(VIPS_AREA(arr));
     return take(img, &out, rc);
 }
@@ -597,8 +596,8 @@ static int run_frames(VipsImage **img, int pages, const struct ops_plan *plan, i
     int rc = -1;
     int done = 0;
     for (; done < pages; done++) {
-        if (vips_extract_area(*img, &frames[done], 0, done * page_h, (*img)->Xsize, page_h,
-                              NULL) != 0 ||
+        if (vips_extract_area(*img, &frames[done], 0, done * page_h, (*img)->Xsize, page_h, NULL) !=
+                0 ||
             run_steps(&frames[done], plan, from, fmt, pending) != 0) {
             done++;
             goto out;
@@ -692,8 +691,8 @@ static int encode(VipsImage *img, enum ops_format fmt, const struct ops_output *
     case OPS_FORMAT_GIF:
         return vips_gifsave_buffer(img, buf, len, "strip", strip, NULL);
     case OPS_FORMAT_TIFF:
-        return vips_tiffsave_buffer(img, buf, len, "compression",
-                                    VIPS_FOREIGN_TIFF_COMPRESSION_LZW, "strip", strip, NULL);
+        return vips_tiffsave_buffer(img, buf, len, "compression", VIPS_FOREIGN_TIFF_COMPRESSION_LZW,
+                                    "strip", strip, NULL);
     case OPS_FORMAT_JPEG:
     default:
         return vips_jpegsave_buffer(img, buf, len, "Q", q, "strip", strip, NULL);
@@ -720,8 +719,8 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
     }
     int pages = (int)info.pages;
     int64_t out_w, out_h;
-    if (ops_plan_geometry(plan, info.width, info.height, pages, limits->max_output_pixels,
-                          &out_w, &out_h, err) != 0) {
+    if (ops_plan_geometry(plan, info.width, info.height, pages, limits->max_output_pixels, &out_w,
+                          &out_h, err) != 0) {
         g_object_unref(img);
         return -1;
     }
@@ -742,13 +741,11 @@ int ops_execute(const void *buf, size_t len, const struct ops_plan *plan, const 
         const char *opts = pages > 1 ? "n=-1,fail_on=truncated" : "fail_on=truncated";
         /* An sRGB profile needs no conversion (most camera JPEGs carry
          * one): the transform would cost time for the same pixels. */
-        bool convert = info.icc[0] && !g_strrstr(info.icc, "sRGB") &&
-                       !g_strrstr(info.icc, "srgb");
+        bool convert = info.icc[0] && !g_strrstr(info.icc, "sRGB") && !g_strrstr(info.icc, "srgb");
         int trc = convert
                       ? vips_thumbnail_buffer((void *)buf, len, &t, (int)g.scaled_w, "height",
                                               (int)g.scaled_h, "size", VIPS_SIZE_FORCE,
-                                              "option_string", opts, "export_profile", "srgb",
-                                              NULL)
+                                              "option_string", opts, "export_profile", "srgb", NULL)
                       : vips_thumbnail_buffer((void *)buf, len, &t, (int)g.scaled_w, "height",
                                               (int)g.scaled_h, "size", VIPS_SIZE_FORCE,
                                               "option_string", opts, NULL);

@@ -29,14 +29,14 @@ struct ops_limits {
 
 /* What probing an image found. */
 struct ops_image_info {
-    char format[8];   /* jpeg png webp gif tiff heic avif */
-    int64_t width;    /* as displayed (after EXIF orientation), one frame */
-    int64_t height;   /* as displayed, one frame */
-    int64_t pages;    /* frames loaded (animated GIF/WebP: all), >= 1 */
-    bool has_alpha;   /* an alpha band */
-    int orientation;  /* EXIF orientation 1..8 */
-    bool interlaced;  /* progressive JPEG or interlaced PNG */
-    char icc[128];    /* ICC profile description, "" if none */
+    char format[8];  /* jpeg png webp gif tiff heic avif */
+    int64_t width;   /* as displayed (after EXIF orientation), one frame */
+    int64_t height;  /* as displayed, one frame */
+    int64_t pages;   /* frames loaded (animated GIF/WebP: all), >= 1 */
+    bool has_alpha;  /* an alpha band */
+    int orientation; /* EXIF orientation 1..8 */
+    bool interlaced; /* progressive JPEG or interlaced PNG */
+    char icc[128];   /* ICC profile description, "" if none */
 };
 
 /* Starts libvips: blocks untrusted loaders, sets its worker threads per
@@ -57,13 +57,13 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
 
 /* An encoded result. */
 struct ops_result {
-    void *buf;        /* encoded bytes; the caller frees them with g_free */
-    size_t len;       /* their length */
-    char format[8];   /* jpeg png webp avif gif tiff */
-    int64_t width;    /* one frame */
-    int64_t height;   /* one frame */
-    int64_t pages;    /* frames written (animated GIF/WebP), >= 1 */
-    bool has_alpha;   /* an alpha band was written */
+    void *buf;      /* encoded bytes; the caller frees them with g_free */
+    size_t len;     /* their length */
+    char format[8]; /* jpeg png webp avif gif tiff */
+    int64_t width;  /* one frame */
+    int64_t height; /* one frame */
+    int64_t pages;  /* frames written (animated GIF/WebP), >= 1 */
+    bool has_alpha; /* an alpha band was written */
 };
 
 /* Sizes of one resize step (ops_resize_geometry): the image is scaled to
@@ -110,6 +110,5 @@ size_t ops_webp_strip(void *buf, size_t len);
 
 /* MIME type of a format name ("jpeg" -> "image/jpeg"); NULL if unknown. */
 const char *ops_mime_type(const char *format);
-
 
 #endif

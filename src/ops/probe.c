@@ -19,12 +19,9 @@ static const struct {
     const char *format;
     bool multipage; /* takes the "n" option; we load every frame */
 } ALLOWED[] = {
-    {"VipsForeignLoadJpegBuffer", "jpeg", false},
-    {"VipsForeignLoadPngBuffer", "png", false},
-    {"VipsForeignLoadWebpBuffer", "webp", true},
-    {"VipsForeignLoadNsgifBuffer", "gif", true},
-    {"VipsForeignLoadGifBuffer", "gif", true},
-    {"VipsForeignLoadTiffBuffer", "tiff", false},
+    {"VipsForeignLoadJpegBuffer", "jpeg", false}, {"VipsForeignLoadPngBuffer", "png", false},
+    {"VipsForeignLoadWebpBuffer", "webp", true},  {"VipsForeignLoadNsgifBuffer", "gif", true},
+    {"VipsForeignLoadGifBuffer", "gif", true},    {"VipsForeignLoadTiffBuffer", "tiff", false},
     {"VipsForeignLoadHeifBuffer", "heic", false},
 };
 
@@ -62,8 +59,8 @@ static void log_vips(const gchar *domain, GLogLevelFlags level, const gchar *msg
 
 int ops_init(const char *argv0, int vips_threads, struct util_error *err)
 {
-    g_log_set_handler("VIPS", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION,
-                      log_vips, NULL);
+    g_log_set_handler("VIPS", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL | G_LOG_FLAG_RECURSION, log_vips,
+                      NULL);
     if (VIPS_INIT(argv0 ? argv0 : "image-server") != 0)
         return util_error_set(err, UTIL_ERR_INTERNAL, "libvips failed to start: %s",
                               vips_error_buffer());
@@ -159,8 +156,7 @@ int ops_open_checked(const void *buf, size_t len, const struct ops_limits *limit
 
     g_strlcpy(info->format, ALLOWED[which].format, sizeof(info->format));
     const char *compression = NULL;
-    if (strcmp(info->format, "heic") == 0 &&
-        vips_image_get_typeof(image, "heif-compression") &&
+    if (strcmp(info->format, "heic") == 0 && vips_image_get_typeof(image, "heif-compression") &&
         vips_image_get_string(image, "heif-compression", &compression) == 0 && compression &&
         strcmp(compression, "av1") == 0)
         g_strlcpy(info->format, "avif", sizeof(info->format));
@@ -247,7 +243,8 @@ int ops_probe(const void *buf, size_t len, const struct ops_limits *limits,
             rc = util_error_set(err, UTIL_ERR_TIMEOUT, "decoding took longer than %lld ms",
                                 (long long)limits->timeout_ms);
         } else {
-            rc = ops_vips_fail(err, UTIL_ERR_INVALID_IMAGE, "the image data is truncated or corrupt");
+            rc = ops_vips_fail(err, UTIL_ERR_INVALID_IMAGE,
+                               "the image data is truncated or corrupt");
         }
     }
     g_object_unref(image);

@@ -18,19 +18,19 @@
 
 #include "store/store.h"
 
-#define POOL_MAX    16
-#define BUSY_MS     10000
+#define POOL_MAX 16
+#define BUSY_MS  10000
 
 struct sqlite_store {
     struct store base;
-    char *path;                  /* database file */
-    pthread_mutex_t lock;        /* guards idle[] and touched */
-    sqlite3 *idle[POOL_MAX];     /* connections not in use */
+    char *path;              /* database file */
+    pthread_mutex_t lock;    /* guards idle[] and touched */
+    sqlite3 *idle[POOL_MAX]; /* connections not in use */
     int nidle;
-    GHashTable *touched;         /* "image_id\nplan" -> last use (ms), not yet written */
-    pthread_cond_t jobs_cv;      /* signalled (under lock) when a job may be ready */
-    uint64_t jobs_gen;           /* bumped with every signal */
-    store_job_done_fn done_fn;   /* finished-job callback */
+    GHashTable *touched;       /* "image_id\nplan" -> last use (ms), not yet written */
+    pthread_cond_t jobs_cv;    /* signalled (under lock) when a job may be ready */
+    uint64_t jobs_gen;         /* bumped with every signal */
+    store_job_done_fn done_fn; /* finished-job callback */
     void *done_arg;
 };
 
@@ -110,9 +110,8 @@ static int db_error(sqlite3 *db, int rc, struct util_error *err, const char *wha
 static sqlite3 *conn_open(struct sqlite_store *s, struct util_error *err)
 {
     sqlite3 *db = NULL;
-    int rc = sqlite3_open_v2(s->path, &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         db_error(db, rc, err, "opening the database");
         sqlite3_close(db);
@@ -234,8 +233,8 @@ static int sq_ping(struct store *base, struct util_error *err)
     return out;
 }
 
-#define IMAGE_COLS                                                                             \
-    "seq, id, sha256, format, width, height, pages, bytes, has_alpha, orientation, icc, "     \
+#define IMAGE_COLS                                                                                 \
+    "seq, id, sha256, format, width, height, pages, bytes, has_alpha, orientation, icc, "          \
     "created_at"
 
 static void read_image(sqlite3_stmt *st, struct store_image *img)
@@ -310,8 +309,8 @@ static int sq_image_get(struct store *base, const char *id, struct store_image *
         return -1;
     sqlite3_stmt *st = NULL;
     int out = -1;
-    int rc = sqlite3_prepare_v2(db, "SELECT " IMAGE_COLS " FROM images WHERE id = ?", -1, &st,
-                                NULL);
+    int rc =
+        sqlite3_prepare_v2(db, "SELECT " IMAGE_COLS " FROM images WHERE id = ?", -1, &st, NULL);
     if (rc != SQLITE_OK)
         goto fail;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -371,10 +370,9 @@ static int sq_image_list(struct store *base, int64_t before_seq, int limit,
         return -1;
     sqlite3_stmt *st = NULL;
     int out = -1;
-    int rc = sqlite3_prepare_v2(db,
-                                "SELECT " IMAGE_COLS
-                                " FROM images WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                                -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(
+        db, "SELECT " IMAGE_COLS " FROM images WHERE seq < ? ORDER BY seq DESC LIMIT ?", -1, &st,
+        NULL);
     if (rc != SQLITE_OK)
         goto fail;
     sqlite3_bind_int64(st, 1, before_seq > 0 ? before_seq : INT64_MAX);
@@ -466,8 +464,7 @@ done:
     return out;
 }
 
-static int sq_variant_put(struct store *base, const struct store_variant *v,
-                          struct util_error *err)
+static int sq_variant_put(struct store *base, const struct store_variant *v, struct util_error *err)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     sqlite3 *db = acquire(s, err);
@@ -573,13 +570,12 @@ static int sq_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
     }
     /* Evict the least recently used rows past the budget, in one statement:
      * a running sum over the rows, newest first, marks where it is passed. */
-    int rc = sqlite3_prepare_v2(
-        db,
-        "DELETE FROM variants WHERE rowid IN ("
-        " SELECT rowid FROM (SELECT rowid, sum(bytes) OVER"
-        "  (ORDER BY last_used DESC, rowid DESC) AS running FROM variants)"
-        " WHERE running > ?)",
-        -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(db,
+                                "DELETE FROM variants WHERE rowid IN ("
+                                " SELECT rowid FROM (SELECT rowid, sum(bytes) OVER"
+                                "  (ORDER BY last_used DESC, rowid DESC) AS running FROM variants)"
+                                " WHERE running > ?)",
+                                -1, &st, NULL);
     if (rc != SQLITE_OK) {
         db_error(db, rc, err, "trimming the variant cache");
         goto done;
@@ -601,8 +597,7 @@ done:
 
 /* ---- the job queue ------------------------------------------------------ */
 
-static const char *const STATUS_NAMES[] = {"queued", "running", "succeeded", "failed",
-                                           "canceled"};
+static const char *const STATUS_NAMES[] = {"queued", "running", "succeeded", "failed", "canceled"};
 
 const char *store_job_status_name(enum store_job_status st)
 {
@@ -625,8 +620,8 @@ void store_job_clear(struct store_job *job)
     memset(job, 0, sizeof(*job));
 }
 
-#define JOB_COLS                                                                               \
-    "seq, id, image_id, spec, status, attempts, max_attempts, lease_owner, lease_expires_at,"  \
+#define JOB_COLS                                                                                   \
+    "seq, id, image_id, spec, status, attempts, max_attempts, lease_owner, lease_expires_at,"      \
     " run_at, result_image_id, error_type, error_detail, created_at, started_at, finished_at"
 
 static void col_text(sqlite3_stmt *st, int i, char *out, size_t n)
@@ -806,8 +801,8 @@ static int sq_job_enqueue(struct store *base, struct store_job *job, const char 
         goto done;
     }
     if (queued >= jobs_max) {
-        util_error_set(err, UTIL_ERR_OVERLOADED,
-                       "the job queue is full (%lld queued); retry later", (long long)queued);
+        util_error_set(err, UTIL_ERR_OVERLOADED, "the job queue is full (%lld queued); retry later",
+                       (long long)queued);
         goto done;
     }
     int64_t now = util_now_ms();
@@ -818,8 +813,7 @@ static int sq_job_enqueue(struct store *base, struct store_job *job, const char 
             prep(db,
                  "INSERT INTO jobs (id, image_id, spec, status, max_attempts, run_at,"
                  " created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                 "tttiii", job->id, job->image_id, job->spec, (int64_t)job->max_attempts, now,
-                 now),
+                 "tttiii", job->id, job->image_id, job->spec, (int64_t)job->max_attempts, now, now),
             err, "queueing a job") < 0)
         goto done;
     job->seq = sqlite3_last_insert_rowid(db);
@@ -871,8 +865,8 @@ static int sq_job_list(struct store *base, int status, int64_t before_seq, int l
                   "iti", before_seq > 0 ? before_seq : INT64_MAX,
                   store_job_status_name((enum store_job_status)status), (int64_t)limit);
     else
-        st = prep(db, "SELECT " JOB_COLS " FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                  "ii", before_seq > 0 ? before_seq : INT64_MAX, (int64_t)limit);
+        st = prep(db, "SELECT " JOB_COLS " FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?", "ii",
+                  before_seq > 0 ? before_seq : INT64_MAX, (int64_t)limit);
     int rc = SQLITE_ERROR;
     if (st) {
         while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < limit)
@@ -992,14 +986,14 @@ static int sq_job_complete(struct store *base, const char *id, const char *owner
         goto done;
     }
     result->created_at_ms = now;
-    sqlite3_stmt *st = prep(db,
-                            "INSERT INTO images (id, sha256, format, width, height, pages,"
-                            " bytes, has_alpha, orientation, icc, created_at)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            "tttiiiiiiti", result->id, result->sha256, result->format,
-                            result->width, result->height, result->pages, result->bytes,
-                            (int64_t)result->has_alpha, (int64_t)result->orientation,
-                            result->icc, now);
+    sqlite3_stmt *st =
+        prep(db,
+             "INSERT INTO images (id, sha256, format, width, height, pages,"
+             " bytes, has_alpha, orientation, icc, created_at)"
+             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+             "tttiiiiiiti", result->id, result->sha256, result->format, result->width,
+             result->height, result->pages, result->bytes, (int64_t)result->has_alpha,
+             (int64_t)result->orientation, result->icc, now);
     if (st && !result->icc[0])
         sqlite3_bind_null(st, 10);
     if (run(db, st, err, "storing a job's result") < 0)
@@ -1081,8 +1075,7 @@ static int sq_job_release(struct store *base, const char *id, const char *owner,
     if (n < 0)
         return -1;
     if (n == 0)
-        return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held",
-                              id);
+        return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
     jobs_signal(s);
     return 0;
 }
@@ -1187,10 +1180,9 @@ static int sq_idempotency_expire(struct store *base, int64_t older_than_ms, int 
     sqlite3 *db = acquire(s, err);
     if (db == NULL)
         return -1;
-    int k = run(db,
-                prep(db, "DELETE FROM idempotency_keys WHERE created_at < ?", "i",
-                     older_than_ms),
-                err, "expiring idempotency keys");
+    int k =
+        run(db, prep(db, "DELETE FROM idempotency_keys WHERE created_at < ?", "i", older_than_ms),
+            err, "expiring idempotency keys");
     release(s, db);
     if (k < 0)
         return -1;

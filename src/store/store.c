@@ -118,14 +118,12 @@ int store_job_complete(struct store *s, const char *id, const char *owner, int a
 }
 
 int store_job_fail(struct store *s, const char *id, const char *owner, int attempt, bool retry,
-                   int64_t backoff_ms, const char *type, const char *detail,
-                   struct util_error *err)
+                   int64_t backoff_ms, const char *type, const char *detail, struct util_error *err)
 {
     return s->ops->job_fail(s, id, owner, attempt, retry, backoff_ms, type, detail, err);
 }
 
-int store_job_cancel(struct store *s, const char *id, struct store_job *out,
-                     struct util_error *err)
+int store_job_cancel(struct store *s, const char *id, struct store_job *out, struct util_error *err)
 {
     return s->ops->job_cancel(s, id, out, err);
 }
@@ -135,8 +133,7 @@ int store_job_rescue(struct store *s, int *requeued, int *failed, struct util_er
     return s->ops->job_rescue(s, requeued, failed, err);
 }
 
-int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n,
-                             struct util_error *err)
+int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n, struct util_error *err)
 {
     return s->ops->idempotency_expire(s, older_than_ms, n, err);
 }

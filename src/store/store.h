@@ -18,18 +18,18 @@
 
 /* One stored image (an original, or a job's result). */
 struct store_image {
-    char id[UTIL_ID_LEN + 1];           /* public id */
-    char sha256[STORE_SHA256_HEX + 1];  /* blob key, lower-case hex */
-    char format[8];                     /* jpeg png webp gif tiff heic avif */
-    int64_t width;                      /* as displayed (after EXIF orientation), one frame */
-    int64_t height;                     /* as displayed, one frame */
-    int64_t pages;                      /* frames/pages, >= 1 */
-    int64_t bytes;                      /* size of the original */
-    bool has_alpha;                     /* an alpha band */
-    int orientation;                    /* EXIF orientation 1..8 (1 when absent) */
-    char icc[128];                      /* ICC profile description, "" when none */
-    int64_t created_at_ms;              /* wall clock, ms since the epoch */
-    int64_t seq;                        /* insertion order; lists and cursors use it */
+    char id[UTIL_ID_LEN + 1];          /* public id */
+    char sha256[STORE_SHA256_HEX + 1]; /* blob key, lower-case hex */
+    char format[8];                    /* jpeg png webp gif tiff heic avif */
+    int64_t width;                     /* as displayed (after EXIF orientation), one frame */
+    int64_t height;                    /* as displayed, one frame */
+    int64_t pages;                     /* frames/pages, >= 1 */
+    int64_t bytes;                     /* size of the original */
+    bool has_alpha;                    /* an alpha band */
+    int orientation;                   /* EXIF orientation 1..8 (1 when absent) */
+    char icc[128];                     /* ICC profile description, "" when none */
+    int64_t created_at_ms;             /* wall clock, ms since the epoch */
+    int64_t seq;                       /* insertion order; lists and cursors use it */
 };
 
 struct store;
@@ -93,20 +93,16 @@ struct store_ops {
     int (*image_delete)(struct store *s, const char *id, struct util_error *err);
     int (*image_list)(struct store *s, int64_t before_seq, int limit, struct store_image *out,
                       int *n, struct util_error *err);
-    int (*blob_referenced)(struct store *s, const char *sha256, bool *out,
-                           struct util_error *err);
+    int (*blob_referenced)(struct store *s, const char *sha256, bool *out, struct util_error *err);
     int (*variant_get)(struct store *s, const char *image_id, const char *plan,
                        struct store_variant *out, struct util_error *err);
     int (*variant_put)(struct store *s, const struct store_variant *v, struct util_error *err);
-    void (*variant_touch)(struct store *s, const char *image_id, const char *plan,
-                          int64_t now_ms);
-    int (*variant_trim)(struct store *s, int64_t max_bytes, int *evicted,
-                        struct util_error *err);
+    void (*variant_touch)(struct store *s, const char *image_id, const char *plan, int64_t now_ms);
+    int (*variant_trim)(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err);
     int (*job_enqueue)(struct store *s, struct store_job *job, const char *idem_key,
                        const char *idem_hash, int64_t jobs_max, bool *existing,
                        struct util_error *err);
-    int (*job_get)(struct store *s, const char *id, struct store_job *out,
-                   struct util_error *err);
+    int (*job_get)(struct store *s, const char *id, struct store_job *out, struct util_error *err);
     int (*job_list)(struct store *s, int status, int64_t before_seq, int limit,
                     struct store_job *out, int *n, struct util_error *err);
     int (*job_claim)(struct store *s, const char *owner, int64_t lease_ms, struct store_job *out,
@@ -115,8 +111,8 @@ struct store_ops {
                          int64_t lease_ms, bool *held, struct util_error *err);
     int (*job_complete)(struct store *s, const char *id, const char *owner, int attempt,
                         struct store_image *result, struct util_error *err);
-    int (*job_fail)(struct store *s, const char *id, const char *owner, int attempt,
-                    bool retry, int64_t backoff_ms, const char *type, const char *detail,
+    int (*job_fail)(struct store *s, const char *id, const char *owner, int attempt, bool retry,
+                    int64_t backoff_ms, const char *type, const char *detail,
                     struct util_error *err);
     int (*job_release)(struct store *s, const char *id, const char *owner, int attempt,
                        struct util_error *err);
@@ -174,8 +170,7 @@ int store_variant_get(struct store *s, const char *image_id, const char *plan,
 int store_variant_put(struct store *s, const struct store_variant *v, struct util_error *err);
 /* Notes that a variant was served. Kept in memory and written in batches by
  * store_variant_trim, so a cache hit never waits for a disk write. */
-void store_variant_touch(struct store *s, const char *image_id, const char *plan,
-                         int64_t now_ms);
+void store_variant_touch(struct store *s, const char *image_id, const char *plan, int64_t now_ms);
 /* Writes pending touches, then deletes the least recently used variant rows
  * until their bytes fit in max_bytes (their blobs are collected later by the
  * blob sweep). *evicted is the number of rows deleted. */

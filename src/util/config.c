@@ -17,16 +17,16 @@
 enum flag_type { F_STRING, F_SIZE, F_DURATION, F_INT, F_ONOFF, F_LIST };
 
 struct flag {
-    const char *name;   /* without the leading "--" */
-    unsigned cmds;      /* UTIL_CMD_* mask */
+    const char *name; /* without the leading "--" */
+    unsigned cmds;    /* UTIL_CMD_* mask */
     enum flag_type type;
-    size_t offset;      /* into struct util_config */
-    const char *def;    /* default, as text */
-    int64_t min, max;   /* range for numbers */
+    size_t offset;    /* into struct util_config */
+    const char *def;  /* default, as text */
+    int64_t min, max; /* range for numbers */
     const char *help;
 };
 
-#define OFF(f) offsetof(struct util_config, f)
+#define OFF(f)  offsetof(struct util_config, f)
 #define S_SERVE (UTIL_CMD_SERVE)
 #define S_DB    (UTIL_CMD_SERVE | UTIL_CMD_API | UTIL_CMD_WORKER | UTIL_CMD_MIGRATE)
 #define S_PROC  (UTIL_CMD_SERVE | UTIL_CMD_API | UTIL_CMD_WORKER | UTIL_CMD_TRANSFORM)
@@ -38,8 +38,7 @@ static const struct flag FLAGS[] = {
      "address to listen on, host:port (port 0 picks a free port)"},
     {"database", S_DB, F_STRING, OFF(database), "sqlite:./data/image-server.db", 0, 0,
      "metadata database: sqlite:PATH or postgres://..."},
-    {"blobs", S_DB, F_STRING, OFF(blobs), "fs:./data/blobs", 0, 0,
-     "blob storage: fs:PATH"},
+    {"blobs", S_DB, F_STRING, OFF(blobs), "fs:./data/blobs", 0, 0, "blob storage: fs:PATH"},
     {"variant-cache", S_HTTP, F_ONOFF, OFF(variant_cache), "on", 0, 0,
      "store variants and serve them again (on|off)"},
     {"max-body-bytes", S_HTTP, F_SIZE, OFF(max_body_bytes), "50MiB", 1, BIG,
@@ -93,8 +92,8 @@ static const struct flag FLAGS[] = {
      "10GiB", 0, BIG, "variant bytes kept; the least recently used are evicted past it"},
     {"blob-grace", S_DB, F_DURATION, OFF(blob_grace_ms), "1h", 0, BIG,
      "age before an unreferenced blob is collected"},
-    {"sweep-interval", S_SERVE | UTIL_CMD_WORKER, F_DURATION, OFF(sweep_interval_ms), "5s", 10,
-     BIG, "how often the sweeper runs"},
+    {"sweep-interval", S_SERVE | UTIL_CMD_WORKER, F_DURATION, OFF(sweep_interval_ms), "5s", 10, BIG,
+     "how often the sweeper runs"},
 };
 #define NFLAGS (sizeof(FLAGS) / sizeof(FLAGS[0]))
 
@@ -218,8 +217,8 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
             for (char *p = item; *p; p++)
                 if (*p == ',')
                     *p = '\n';
-        char *joined = (!replace && *slot && **slot) ? g_strdup_printf("%s\n%s", *slot, item)
-                                                     : g_strdup(item);
+        char *joined =
+            (!replace && *slot && **slot) ? g_strdup_printf("%s\n%s", *slot, item) : g_strdup(item);
         free(item);
         free(*slot);
         *slot = strdup(joined);
@@ -230,8 +229,7 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
         bool *slot = (bool *)(base + f->offset);
         if (strcmp(text, "on") == 0 || strcmp(text, "true") == 0 || strcmp(text, "1") == 0)
             *slot = true;
-        else if (strcmp(text, "off") == 0 || strcmp(text, "false") == 0 ||
-                 strcmp(text, "0") == 0)
+        else if (strcmp(text, "off") == 0 || strcmp(text, "false") == 0 || strcmp(text, "0") == 0)
             *slot = false;
         else
             rc = -1;
@@ -253,9 +251,8 @@ static int set_value(struct util_config *cfg, const struct flag *f, const char *
             snprintf(errbuf, errlen, "--%s%s: '%s' is out of range (at least %" PRId64 "%s)",
                      f->name, source, text, f->min, unit);
         else
-            snprintf(errbuf, errlen,
-                     "--%s%s: '%s' is out of range (%" PRId64 "..%" PRId64 "%s)", f->name,
-                     source, text, f->min, f->max, unit);
+            snprintf(errbuf, errlen, "--%s%s: '%s' is out of range (%" PRId64 "..%" PRId64 "%s)",
+                     f->name, source, text, f->min, f->max, unit);
         return -1;
     }
     if (rc != 0) {

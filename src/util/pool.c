@@ -16,9 +16,9 @@ struct task {
 
 struct util_pool {
     pthread_mutex_t lock;
-    pthread_cond_t work; /* signalled when a task is queued or on stop */
-    pthread_cond_t idle; /* signalled when a task finishes */
-    struct task *ring;   /* queue_max slots */
+    pthread_cond_t work;  /* signalled when a task is queued or on stop */
+    pthread_cond_t idle;  /* signalled when a task finishes */
+    struct task *ring;    /* queue_max slots */
     int cap, head, count; /* ring slots (queue_max + threads), first, used */
     int queue_max;        /* tasks allowed to wait for a busy thread */
     int running;

@@ -57,36 +57,36 @@ const char *util_err_name(enum util_err code);
 /* Every setting of every subcommand. Sizes are bytes, durations
  * milliseconds. Strings are owned by the config (util_config_free). */
 struct util_config {
-    char *listen;                   /* host:port of the HTTP listener */
-    char *database;                 /* sqlite:PATH or postgres://... */
-    char *blobs;                    /* fs:PATH or db */
-    bool variant_cache;             /* --variant-cache on|off */
-    int64_t max_body_bytes;         /* request body cap */
-    int64_t max_pixels;             /* source width x height x pages */
-    int64_t max_pixels_progressive; /* the same for progressive/interlaced */
-    int64_t max_output_pixels;      /* final size */
-    int64_t timeout_ms;             /* processing deadline */
-    int64_t queue_max;              /* waiting synchronous requests; 0 = 4 x pool */
-    int64_t concurrency;            /* processing pool threads; 0 = cores */
-    int64_t vips_threads;           /* libvips threads per image */
-    int64_t http_threads;           /* libmicrohttpd I/O threads; 0 = from cores */
-    int64_t max_connections;        /* open connections */
-    int64_t max_client_connections; /* open connections per client address */
-    char *limit_exempt;             /* CIDR list the per-client limits skip */
-    char *api_keys;                 /* --api-key values, one a line ("" none) */
-    char *api_keys_file;            /* file of keys, "" none */
-    char *signing_key;              /* URL signing key, "" none */
-    int64_t max_client_requests;    /* per client in or waiting for processing; 0 = 2 x pool */
-    char *trusted_proxy;            /* CIDRs whose X-Forwarded-For is believed */
-    int64_t idle_timeout_ms;        /* idle keep-alive connections are closed after it */
-    int64_t shutdown_timeout_ms;    /* graceful stop deadline */
-    int64_t blob_grace_ms;          /* age before an unreferenced blob is collected */
+    char *listen;                    /* host:port of the HTTP listener */
+    char *database;                  /* sqlite:PATH or postgres://... */
+    char *blobs;                     /* fs:PATH or db */
+    bool variant_cache;              /* --variant-cache on|off */
+    int64_t max_body_bytes;          /* request body cap */
+    int64_t max_pixels;              /* source width x height x pages */
+    int64_t max_pixels_progressive;  /* the same for progressive/interlaced */
+    int64_t max_output_pixels;       /* final size */
+    int64_t timeout_ms;              /* processing deadline */
+    int64_t queue_max;               /* waiting synchronous requests; 0 = 4 x pool */
+    int64_t concurrency;             /* processing pool threads; 0 = cores */
+    int64_t vips_threads;            /* libvips threads per image */
+    int64_t http_threads;            /* libmicrohttpd I/O threads; 0 = from cores */
+    int64_t max_connections;         /* open connections */
+    int64_t max_client_connections;  /* open connections per client address */
+    char *limit_exempt;              /* CIDR list the per-client limits skip */
+    char *api_keys;                  /* --api-key values, one a line ("" none) */
+    char *api_keys_file;             /* file of keys, "" none */
+    char *signing_key;               /* URL signing key, "" none */
+    int64_t max_client_requests;     /* per client in or waiting for processing; 0 = 2 x pool */
+    char *trusted_proxy;             /* CIDRs whose X-Forwarded-For is believed */
+    int64_t idle_timeout_ms;         /* idle keep-alive connections are closed after it */
+    int64_t shutdown_timeout_ms;     /* graceful stop deadline */
+    int64_t blob_grace_ms;           /* age before an unreferenced blob is collected */
     int64_t variant_cache_max_bytes; /* variant bytes kept (LRU eviction) */
-    int64_t jobs_max;               /* queued jobs before POST /v1/jobs is 503 */
-    int64_t max_attempts;           /* attempts per job */
-    int64_t lease_ms;               /* job lease */
-    int64_t workers;                /* job worker threads; 0 = cores */
-    int64_t sweep_interval_ms;      /* how often the sweeper runs */
+    int64_t jobs_max;                /* queued jobs before POST /v1/jobs is 503 */
+    int64_t max_attempts;            /* attempts per job */
+    int64_t lease_ms;                /* job lease */
+    int64_t workers;                 /* job worker threads; 0 = cores */
+    int64_t sweep_interval_ms;       /* how often the sweeper runs */
 };
 
 /* Outcome of util_config_parse. */

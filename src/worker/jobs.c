@@ -42,8 +42,8 @@ struct worker_jobs {
     pthread_cond_t cv;     /* heartbeat sleep, idle workers at stop */
     struct active *active; /* one slot per worker thread */
     bool stop;
-    char owner[64];        /* this process's lease owner prefix */
-    int running;           /* jobs being processed */
+    char owner[64]; /* this process's lease owner prefix */
+    int running;    /* jobs being processed */
 };
 
 struct thread_arg {
@@ -120,8 +120,8 @@ static int run_job(struct worker_jobs *w, struct store_job *job, struct active *
                        jerr.text);
         goto out;
     }
-    if (ops_parse_json(json_object_get(spec, "operations"), json_object_get(spec, "output"),
-                       &plan, err) != 0)
+    if (ops_parse_json(json_object_get(spec, "operations"), json_object_get(spec, "output"), &plan,
+                       err) != 0)
         goto out;
     struct store_image src_img;
     if (store_image_get(w->cfg.store, job->image_id, &src_img, err) != 0)
@@ -183,8 +183,7 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
     const char *outcome;
     if (run_job(w, job, a, &result, &err) == 0) {
         struct util_error cerr = {0};
-        if (store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr) ==
-            0) {
+        if (store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr) == 0) {
             outcome = "succeeded";
         } else if (cerr.code == UTIL_ERR_CONFLICT) {
             /* Fenced: canceled or taken over. Its blob is left to the sweeper. */
@@ -193,8 +192,8 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
             /* The result could not be recorded: retry the job. */
             struct util_error ferr = {0};
             store_job_fail(w->cfg.store, job->id, owner, job->attempts, true,
-                           worker_backoff_ms(job->attempts), "/problems/unavailable",
-                           cerr.detail, &ferr);
+                           worker_backoff_ms(job->attempts), "/problems/unavailable", cerr.detail,
+                           &ferr);
             outcome = "retried";
         }
     } else if (a->lost || err.code == UTIL_ERR_CONFLICT) {
@@ -306,8 +305,8 @@ static void *heartbeat_main(void *p)
             pthread_mutex_unlock(&w->lock);
             bool held = true;
             struct util_error err = {0};
-            int rc = store_job_heartbeat(w->cfg.store, id, owner, attempt, w->cfg.lease_ms,
-                                         &held, &err);
+            int rc =
+                store_job_heartbeat(w->cfg.store, id, owner, attempt, w->cfg.lease_ms, &held, &err);
             pthread_mutex_lock(&w->lock);
             if (rc != 0) {
                 util_warn("worker: heartbeat for job %s failed: %s", id, err.detail);

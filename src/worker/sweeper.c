@@ -19,7 +19,7 @@ struct worker_sweeper {
     int64_t interval_ms;
     int64_t grace_ms;
     int64_t variant_max_bytes;
-    int64_t blob_every_ms;  /* blob collection walks every blob: not every sweep */
+    int64_t blob_every_ms; /* blob collection walks every blob: not every sweep */
     int64_t blob_last_ms;
     pthread_t thread;
     pthread_mutex_t lock;
@@ -28,8 +28,8 @@ struct worker_sweeper {
 };
 
 struct candidates {
-    GPtrArray *shas;  /* blobs old enough to be considered */
-    int64_t cutoff;   /* mtime before which a blob is old enough */
+    GPtrArray *shas; /* blobs old enough to be considered */
+    int64_t cutoff;  /* mtime before which a blob is old enough */
 };
 
 static void collect(const char *sha, int64_t mtime_ms, void *arg)
@@ -69,8 +69,8 @@ int worker_sweep_once(struct store *store, struct blob_store *blobs, int64_t blo
         /* Checked again once the blob is out of reach (blob.h): an upload
          * racing this sweep keeps its bytes. */
         bool removed = false;
-        if (blob_remove_if_unreferenced(blobs, sha, cutoff, check_refs, store, &removed,
-                                        &err) != 0) {
+        if (blob_remove_if_unreferenced(blobs, sha, cutoff, check_refs, store, &removed, &err) !=
+            0) {
             util_warn("sweeper: %s", err.detail);
             continue;
         }
@@ -107,8 +107,8 @@ static void *sweeper_main(void *arg)
             util_warn("sweeper: %s", err.detail);
         else if (requeued + failed > 0)
             util_info("sweeper: %d expired lease(s) requeued, %d failed", requeued, failed);
-        if (store_idempotency_expire(sw->store, util_now_ms() - 24 * 3600 * 1000, &expired,
-                                     &err) != 0)
+        if (store_idempotency_expire(sw->store, util_now_ms() - 24 * 3600 * 1000, &expired, &err) !=
+            0)
             util_warn("sweeper: %s", err.detail);
         int n = 0;
         if (util_monotonic_ms() - sw->blob_last_ms >= sw->blob_every_ms) {

@@ -48,7 +48,8 @@ static void ok_at(const char *q, const char *want, const char *file, int line)
 {
     const char *got = canon_at(q, file, line);
     if (strcmp(got, want) != 0) {
-        print_error("%s:%d: query '%s'\n  got  %s\n  want %s\n", file, line, q ? q : "(null)", got, want);
+        print_error("%s:%d: query '%s'\n  got  %s\n  want %s\n", file, line, q ? q : "(null)", got,
+                    want);
         _fail(file, line);
     }
 }

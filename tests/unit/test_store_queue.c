@@ -51,39 +51,38 @@ static const char SPEC[] = "{\"operations\":[],\"output\":{\"format\":\"png\"}}"
 #define BIG_JOBS_MAX 100000000
 
 static struct {
-    const char *env;         /* IMAGE_SERVER_TEST_DATABASE or NULL */
-    bool shared;             /* PostgreSQL: assert only on our own rows */
-    char dir[PATH_MAX];      /* our mkdtemp folder, "" if none */
-    int counter;             /* per-test file number */
+    const char *env;    /* IMAGE_SERVER_TEST_DATABASE or NULL */
+    bool shared;        /* PostgreSQL: assert only on our own rows */
+    char dir[PATH_MAX]; /* our mkdtemp folder, "" if none */
+    int counter;        /* per-test file number */
 } g;
 
 struct ctx {
     struct store *s;
-    bool exact;                   /* a fresh database of our own */
+    bool exact; /* a fresh database of our own */
     char url[PATH_MAX + 64];
-    char path[PATH_MAX + 32];          /* the SQLite file, "" for PostgreSQL */
-    struct store_image img;       /* a source image made by setup */
+    char path[PATH_MAX + 32]; /* the SQLite file, "" for PostgreSQL */
+    struct store_image img;   /* a source image made by setup */
 };
 
 /* Fails the test with the store's error unless call returns 0. Uses the
  * `err` in scope. */
-#define ASSERT_OK(call)                                                                       \
-    do {                                                                                      \
-        memset(&err, 0, sizeof(err));                                                         \
-        int rc_ = (call);                                                                     \
-        if (rc_ != 0)                                                                         \
-            fail_msg("%s returned %d: %s: %s", #call, rc_, util_err_name(err.code),           \
-                     err.detail);                                                             \
+#define ASSERT_OK(call)                                                                            \
+    do {                                                                                           \
+        memset(&err, 0, sizeof(err));                                                              \
+        int rc_ = (call);                                                                          \
+        if (rc_ != 0)                                                                              \
+            fail_msg("%s returned %d: %s: %s", #call, rc_, util_err_name(err.code), err.detail);   \
     } while (0)
 
 /* Asserts call returns -1 with the given error code. */
-#define ASSERT_ERR(call, want)                                                                \
-    do {                                                                                      \
-        memset(&err, 0, sizeof(err));                                                         \
-        int rc_ = (call);                                                                     \
-        if (rc_ != -1 || err.code != (want))                                                  \
-            fail_msg("%s: want -1 %s, got %d %s (%s)", #call, util_err_name(want), rc_,        \
-                     util_err_name(err.code), err.detail);                                    \
+#define ASSERT_ERR(call, want)                                                                     \
+    do {                                                                                           \
+        memset(&err, 0, sizeof(err));                                                              \
+        int rc_ = (call);                                                                          \
+        if (rc_ != -1 || err.code != (want))                                                       \
+            fail_msg("%s: want -1 %s, got %d %s (%s)", #call, util_err_name(want), rc_,            \
+                     util_err_name(err.code), err.detail);                                         \
     } while (0)
 
 static void sleep_ms(int64_t ms)
@@ -96,8 +95,8 @@ static void sleep_ms(int64_t ms)
 static void assert_about(int64_t got, int64_t want, int64_t tol, const char *what)
 {
     if (got < want - tol || got > want + tol)
-        fail_msg("%s: %lld is not within %lld ms of %lld", what, (long long)got,
-                 (long long)tol, (long long)want);
+        fail_msg("%s: %lld is not within %lld ms of %lld", what, (long long)got, (long long)tol,
+                 (long long)want);
 }
 
 static void unlink_db(const char *path)
@@ -152,8 +151,7 @@ static int group_setup(void **state)
     if (g.env && g.env[0] == '\0')
         g.env = NULL;
     const char *force = getenv("IMAGE_SERVER_TEST_SHARED");
-    g.shared = g.env && (strncmp(g.env, "postgres", 8) == 0 ||
-                         (force && strcmp(force, "1") == 0));
+    g.shared = g.env && (strncmp(g.env, "postgres", 8) == 0 || (force && strcmp(force, "1") == 0));
     if (g.env == NULL) {
         const char *tmp = getenv("TMPDIR");
         snprintf(g.dir, sizeof(g.dir), "%s/test_store_queue.XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -250,8 +248,8 @@ static void assert_spec(const char *spec)
  * store_job_clear): on an idempotent repeat the store clears *job and
  * fills it with the first job, spec included. */
 static int enqueue_raw(struct store *s, const char *image_id, int max_attempts, const char *key,
-                       const char *hash, int64_t jobs_max, struct store_job *job,
-                       bool *existing, struct util_error *err)
+                       const char *hash, int64_t jobs_max, struct store_job *job, bool *existing,
+                       struct util_error *err)
 {
     memset(job, 0, sizeof(*job));
     assert_int_equal(util_id_new(job->id), 0);
@@ -269,8 +267,8 @@ static void enqueue(struct ctx *c, int max_attempts, struct store_job *job)
     struct util_error err;
     bool existing = true;
     int64_t t0 = util_now_ms();
-    int rc = enqueue_raw(c->s, c->img.id, max_attempts, NULL, NULL, BIG_JOBS_MAX, job,
-                         &existing, &err);
+    int rc =
+        enqueue_raw(c->s, c->img.id, max_attempts, NULL, NULL, BIG_JOBS_MAX, job, &existing, &err);
     if (rc != 0)
         fail_msg("store_job_enqueue: %s: %s", util_err_name(err.code), err.detail);
     assert_false(existing);
@@ -318,8 +316,8 @@ static bool in_set(const char *id, const char *const *ids, int n)
 /* Claims until one of ids comes out (other jobs, only possible in a shared
  * database, are claimed and left alone; in exact mode there are none).
  * Returns false when no job of ours is due; *out is filled when true. */
-static bool claim_mine(struct ctx *c, const char *owner, int64_t lease_ms,
-                       const char *const *ids, int n, struct store_job *out)
+static bool claim_mine(struct ctx *c, const char *owner, int64_t lease_ms, const char *const *ids,
+                       int n, struct store_job *out)
 {
     struct util_error err;
     for (int i = 0; i < 1000000; i++) {
@@ -641,8 +639,7 @@ static void test_variants(void **state)
     /* Deleting the image deletes its variants. */
     ASSERT_OK(store_image_delete(c->s, img.id, &err));
     ASSERT_ERR(store_variant_get(c->s, img.id, "w=100", &got, &err), UTIL_ERR_NOT_FOUND);
-    ASSERT_ERR(store_variant_get(c->s, img.id, "w=200&format=png", &got, &err),
-               UTIL_ERR_NOT_FOUND);
+    ASSERT_ERR(store_variant_get(c->s, img.id, "w=200&format=png", &got, &err), UTIL_ERR_NOT_FOUND);
     assert_false(referenced(c, img.sha256));
     assert_false(referenced(c, v1b.sha256));
     assert_false(referenced(c, v2.sha256));
@@ -922,15 +919,14 @@ static void test_claim_not_before_run_at(void **state)
     enqueue_id(c, 3, jid);
     claim_id(c, "w1", 60000, jid, 1);
     int64_t t0 = util_now_ms();
-    ASSERT_OK(store_job_fail(c->s, jid, "w1", 1, true, 60000, "/problems/timeout",
-                             "took too long", &err));
+    ASSERT_OK(store_job_fail(c->s, jid, "w1", 1, true, 60000, "/problems/timeout", "took too long",
+                             &err));
     int64_t t1 = util_now_ms();
     get_job(c, jid, &j);
     assert_int_equal(j.status, STORE_JOB_QUEUED);
     assert_int_equal(j.attempts, 1);
     if (j.run_at_ms < t0 + 60000 - TOL_MS || j.run_at_ms > t1 + 60000 + TOL_MS)
-        fail_msg("run_at %lld is not now + 60 s (now %lld)", (long long)j.run_at_ms,
-                 (long long)t0);
+        fail_msg("run_at %lld is not now + 60 s (now %lld)", (long long)j.run_at_ms, (long long)t0);
     assert_string_equal(j.error_type, "/problems/timeout");
     assert_string_equal(j.error_detail, "took too long");
     assert_int_equal(j.finished_at_ms, 0);
@@ -982,9 +978,9 @@ struct claimer {
     struct store *s;
     pthread_barrier_t *start;
     char owner[32];
-    int n;                              /* claims recorded */
-    int dropped;                        /* claims past CLAIM_CAP */
-    char (*ids)[UTIL_ID_LEN + 1];       /* CLAIM_CAP entries */
+    int n;                        /* claims recorded */
+    int dropped;                  /* claims past CLAIM_CAP */
+    char (*ids)[UTIL_ID_LEN + 1]; /* CLAIM_CAP entries */
     int attempts[CLAIM_CAP];
     char owners[CLAIM_CAP][64];
     int errors;
@@ -1266,8 +1262,8 @@ static void test_fencing_same_owner(void **state)
     ASSERT_ERR(store_job_complete(c->s, jid, "worker", 1, &stale, &err), UTIL_ERR_CONFLICT);
     struct store_image img;
     ASSERT_ERR(store_image_get(c->s, stale.id, &img, &err), UTIL_ERR_NOT_FOUND);
-    ASSERT_OK(store_job_fail(c->s, jid, "worker", 2, false, 0, "/problems/invalid-image",
-                             "corrupt", &err));
+    ASSERT_OK(store_job_fail(c->s, jid, "worker", 2, false, 0, "/problems/invalid-image", "corrupt",
+                             &err));
     struct store_job j;
     get_job(c, jid, &j);
     assert_int_equal(j.status, STORE_JOB_FAILED);
@@ -1515,8 +1511,8 @@ static void test_idempotency(void **state)
     snprintf(key2, sizeof(key2), "key2-%s", rnd);
     snprintf(key3, sizeof(key3), "key3-%s", rnd);
 
-    assert_int_equal(enqueue_raw(c->s, c->img.id, 3, key, "hash-1", BIG_JOBS_MAX, &j1,
-                                 &existing, &err), 0);
+    assert_int_equal(
+        enqueue_raw(c->s, c->img.id, 3, key, "hash-1", BIG_JOBS_MAX, &j1, &existing, &err), 0);
     assert_false(existing);
     assert_int_equal(j1.status, STORE_JOB_QUEUED);
 
@@ -1560,8 +1556,8 @@ static void test_idempotency(void **state)
     }
 
     /* Another key is another job. */
-    assert_int_equal(enqueue_raw(c->s, c->img.id, 3, key2, "hash-1", BIG_JOBS_MAX, &j3,
-                                 &existing, &err), 0);
+    assert_int_equal(
+        enqueue_raw(c->s, c->img.id, 3, key2, "hash-1", BIG_JOBS_MAX, &j3, &existing, &err), 0);
     assert_false(existing);
     assert_string_not_equal(j3.id, j1.id);
     store_job_clear(&j3);
@@ -1574,8 +1570,8 @@ static void test_idempotency(void **state)
     assert_int_equal(err.code, UTIL_ERR_NOT_FOUND);
     store_job_clear(&j3);
     existing = true;
-    assert_int_equal(enqueue_raw(c->s, c->img.id, 3, key3, "hash-9", BIG_JOBS_MAX, &j3,
-                                 &existing, &err), 0);
+    assert_int_equal(
+        enqueue_raw(c->s, c->img.id, 3, key3, "hash-9", BIG_JOBS_MAX, &j3, &existing, &err), 0);
     assert_false(existing);
     store_job_clear(&j3);
 
@@ -1787,8 +1783,8 @@ static void *delayed_main(void *arg)
     if (d->action == ACT_ENQUEUE) {
         struct store_job j;
         bool existing = false;
-        d->rc = enqueue_raw(d->c->s, d->c->img.id, 3, NULL, NULL, BIG_JOBS_MAX, &j, &existing,
-                            &d->err);
+        d->rc =
+            enqueue_raw(d->c->s, d->c->img.id, 3, NULL, NULL, BIG_JOBS_MAX, &j, &existing, &d->err);
         snprintf(d->id, sizeof(d->id), "%s", j.id);
         store_job_clear(&j);
     } else {
@@ -1837,8 +1833,7 @@ static void test_wait_wake(void **state)
 
     int64_t dt = wait_for(c, ACT_WAKE, 100, 5000, &d);
     if (dt >= 1000)
-        fail_msg("store_job_wait(5000) took %lld ms after store_job_wake at 100 ms",
-                 (long long)dt);
+        fail_msg("store_job_wait(5000) took %lld ms after store_job_wake at 100 ms", (long long)dt);
     if (c->exact && dt < 80)
         fail_msg("store_job_wait returned after %lld ms, before the wake", (long long)dt);
 }
@@ -1979,8 +1974,7 @@ static void test_on_job_done(void **state)
 
     /* r: its retry comes up now (queued after the others), fails for good. */
     claim_id(c, "w2", 60000, r, 2);
-    ASSERT_OK(store_job_fail(c->s, r, "w2", 2, false, 0, "/problems/invalid-image", "bad",
-                             &err));
+    ASSERT_OK(store_job_fail(c->s, r, "w2", 2, false, 0, "/problems/invalid-image", "bad", &err));
     wait_done(r, "final fail");
 
     /* Late callbacks have had time to show up: each job exactly once. */
@@ -2011,8 +2005,8 @@ static void test_delete_images_of_jobs(void **state)
     bool existing = false;
 
     new_image(c, &src);
-    assert_int_equal(enqueue_raw(c->s, src.id, 3, NULL, NULL, BIG_JOBS_MAX, &job, &existing,
-                                 &err), 0);
+    assert_int_equal(enqueue_raw(c->s, src.id, 3, NULL, NULL, BIG_JOBS_MAX, &job, &existing, &err),
+                     0);
     claim_id(c, "w1", 60000, job.id, 1);
     fill_image(&result, 20, 20);
     ASSERT_OK(store_job_complete(c->s, job.id, "w1", 1, &result, &err));
@@ -2029,8 +2023,8 @@ static void test_delete_images_of_jobs(void **state)
     /* A queued job whose source is deleted is still claimable (the worker
      * then fails it as not found). */
     new_image(c, &src);
-    assert_int_equal(enqueue_raw(c->s, src.id, 3, NULL, NULL, BIG_JOBS_MAX, &job, &existing,
-                                 &err), 0);
+    assert_int_equal(enqueue_raw(c->s, src.id, 3, NULL, NULL, BIG_JOBS_MAX, &job, &existing, &err),
+                     0);
     ASSERT_OK(store_image_delete(c->s, src.id, &err));
     claim_id(c, "w1", 60000, job.id, 1);
     ASSERT_OK(store_job_fail(c->s, job.id, "w1", 1, false, 0, "/problems/not-found",
