@@ -849,3 +849,36 @@ def blob_path(blobs_dir, sha):
 
 ID_RE = re.compile(r'^[A-Za-z0-9_-]{22}$')
 TIME_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$')
+
+
+class RssSampler:
+    """Samples VmRSS of a process every `interval` seconds in a thread
+    (a context manager); .peak is the highest seen, in bytes."""
+
+    def __init__(self, pid, interval=0.02):
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                with open('/proc/%d/status' % self.pid) as f:
+                    for line in f:
+                        if line.startswith('VmRSS:'):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                            self.samples += 1
+            except OSError:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self._t.join(2)

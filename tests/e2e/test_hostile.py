@@ -339,36 +339,7 @@ def _served_from(s, source):
         return False
 
 
-class RssSampler:
-    """VmRSS of a process every 50 ms in a thread; .peak is the highest."""
-
-    def __init__(self, pid, interval=0.05):
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                with open('/proc/%d/status' % self.pid) as f:
-                    for line in f:
-                        if line.startswith('VmRSS:'):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
-                            self.samples += 1
-            except OSError:
-                return
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *a):
-        self._stop.set()
-        self._t.join(2)
+RssSampler = harness.RssSampler
 
 
 @test

@@ -23,34 +23,7 @@ def release_server():
     return Server(binary=harness.RELEASE_BIN)
 
 
-class RssSampler:
-    """Samples VmRSS of a process every 20 ms in a thread; .peak is the
-    highest seen."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                with open('/proc/%d/status' % self.pid) as f:
-                    for line in f:
-                        if line.startswith('VmRSS:'):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
-            except OSError:
-                return
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *a):
-        self._stop.set()
-        self._t.join(2)
+RssSampler = harness.RssSampler
 
 
 def warm_up(s):
