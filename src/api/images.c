@@ -128,8 +128,11 @@ static void upload(struct http_request *req, struct api_ctx *ctx)
 
     /* Answered 503 by a stop already? Then store nothing: a client that
      * retries must not end up with two images. */
-    if (!http_request_begin_commit(req))
+    if (!http_request_begin_commit(req)) {
+        http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
+                             "the server is shutting down");
         return;
+    }
     /* Blob first (durable), then the row (DESIGN §5). */
     if (blob_put(ctx->blobs, img.sha256, data, len, &err) != 0 ||
         store_image_insert(ctx->store, &img, &err) != 0) {

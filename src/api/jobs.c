@@ -36,8 +36,8 @@ static json_t *job_json(const struct store_job *j)
     json_object_set_new(o, "id", json_string(j->id));
     json_object_set_new(o, "status", json_string(store_job_status_name(j->status)));
     json_object_set_new(o, "image_id", json_string(j->image_id));
-    json_object_set(o, "operations", ops ? ops : json_array());
-    json_object_set(o, "output", out ? out : json_null());
+    json_object_set_new(o, "operations", ops ? json_incref(ops) : json_array());
+    json_object_set_new(o, "output", out ? json_incref(out) : json_null());
     json_object_set_new(o, "attempts", json_integer(j->attempts));
     json_object_set_new(o, "max_attempts", json_integer(j->max_attempts));
     json_object_set_new(o, "result_image_id",
@@ -181,8 +181,12 @@ enum http_next api_jobs_create(struct http_request *req, void *vctx)
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
-    if (!http_request_begin_commit(req))
-        return HTTP_DONE; /* answered 503 by a stop: queue nothing */
+    if (!http_request_begin_commit(req)) {
+        /* Answered 503 by a stop already: queue nothing. */
+        http_respond_problem(req, 503, "/problems/unavailable", "Service unavailable",
+                             "the server is shutting down");
+        return HTTP_DONE;
+    }
     bool existing = false;
     if (store_job_enqueue(ctx->store, &ps->job, ps->key[0] ? ps->key : NULL, ps->hash,
                           ctx->jobs_max, &existing, &err) != 0) {

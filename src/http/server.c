@@ -410,19 +410,22 @@ static void *timer_main(void *arg)
 static void park(struct http_request *req)
 {
     struct http_server *srv = req->srv;
+    /* Suspend first, then publish: a wake that comes at once then finds a
+     * suspended connection to resume (the other order could lose it). */
+    MHD_suspend_connection(req->conn);
     pthread_mutex_lock(&srv->lock);
     gpointer woke = req->wait_key ? g_hash_table_lookup(srv->recent_wakes, req->wait_key) : NULL;
     if (srv->stopping || req->wait_key == NULL || (woke && (intptr_t)woke >= req->wait_since_ms)) {
-        pthread_mutex_unlock(&srv->lock);
         req->state = ST_RERUN; /* answer now */
         req->woken = true;
+        pthread_mutex_unlock(&srv->lock);
+        MHD_resume_connection(req->conn);
         return;
     }
     req->state = ST_WAIT;
     req->wnext = srv->waiting;
     srv->waiting = req;
     pthread_mutex_unlock(&srv->lock);
-    MHD_suspend_connection(req->conn);
 }
 
 /* ---- responses ---------------------------------------------------------- */
@@ -885,10 +888,8 @@ static enum MHD_Result dispatch(struct http_request *req)
         if (req->state == ST_POOL)
             return MHD_YES;
     } else if (next == HTTP_WAIT) {
-        park(req);
-        if (req->state == ST_WAIT)
-            return MHD_YES;
-        return dispatch(req); /* not parked (stopping): answer at once */
+        park(req); /* suspended; resumed by a wake, the timer or at once */
+        return MHD_YES;
     }
     req->state = ST_READY;
     return queue(req);
@@ -1502,6 +1503,11 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
     struct http_request *list = NULL;
     for (struct http_request *r = srv->pooled; r;) {
         struct http_request *next = r->next;
+        if (r->state == ST_READY) {
+            /* Its task finished and resumed it; pool_finish unlinks it. */
+            r = next;
+            continue;
+        }
         r->abandoned = true;
         r->override = MHD_create_response_from_buffer(sizeof(body503) - 1, (void *)body503,
                                                       MHD_RESPMEM_PERSISTENT);
@@ -1516,6 +1522,14 @@ int http_server_stop(struct http_server *srv, int64_t deadline_ms)
         abandoned++;
         r = next;
     }
+    /* Requests that were finishing leave the list in a moment. */
+    int64_t ready_end = util_monotonic_ms() + 2000;
+    while (srv->inflight > 0 && util_monotonic_ms() < ready_end) {
+        struct timespec rts = util_deadline_in(10);
+        pthread_cond_timedwait(&srv->drained, &srv->lock, &rts);
+    }
+    if (srv->inflight > 0)
+        abandoned += srv->inflight; /* keep srv alive for them: see below */
     pthread_mutex_unlock(&srv->lock);
     for (struct http_request *r = list, *nx; r; r = nx) {
         nx = r->next; /* read first: once resumed, r may be freed */

@@ -31,6 +31,7 @@ struct sqlite_store {
     pthread_cond_t jobs_cv;    /* signalled (under lock) when a job may be ready */
     uint64_t jobs_gen;         /* bumped with every signal */
     store_job_done_fn done_fn; /* finished-job callback */
+    int done_running;          /* calls of the callback in progress */
     void *done_arg;
 };
 
@@ -669,9 +670,16 @@ static void job_done(struct sqlite_store *s, const char *id)
     pthread_mutex_lock(&s->lock);
     store_job_done_fn fn = s->done_fn;
     void *arg = s->done_arg;
-    pthread_mutex_unlock(&s->lock);
     if (fn)
-        fn(id, arg);
+        s->done_running++;
+    pthread_mutex_unlock(&s->lock);
+    if (fn == NULL)
+        return;
+    fn(id, arg);
+    pthread_mutex_lock(&s->lock);
+    if (--s->done_running == 0)
+        pthread_cond_broadcast(&s->jobs_cv);
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* Reads one job by id on an open connection: 0, 1 when absent, -1 on error. */
@@ -1259,6 +1267,10 @@ static void sq_on_job_done(struct store *base, store_job_done_fn fn, void *arg)
     pthread_mutex_lock(&s->lock);
     s->done_fn = fn;
     s->done_arg = arg;
+    /* Once this returns, no call to the old callback is still running:
+     * its argument may be freed. */
+    while (s->done_running > 0)
+        pthread_cond_wait(&s->jobs_cv, &s->lock);
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -246,7 +246,8 @@ uint64_t store_job_signals(struct store *s);
 void store_job_wait(struct store *s, uint64_t seen, int64_t timeout_ms);
 /* Wakes every store_job_wait (shutdown). */
 void store_job_wake(struct store *s);
-/* Registers the callback for finished jobs (one per store). */
+/* Registers the callback for finished jobs (one per store; NULL removes
+ * it). When it returns, no call of the previous callback is running. */
 void store_on_job_done(struct store *s, store_job_done_fn fn, void *arg);
 /* Frees what a read allocated (spec) and zeroes the job. */
 void store_job_clear(struct store_job *job);

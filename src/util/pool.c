@@ -62,6 +62,20 @@ void util_slots_acquire(struct util_slots *s, bool request)
     pthread_mutex_unlock(&s->lock);
 }
 
+bool util_slots_acquire_job(struct util_slots *s, const volatile int *cancel)
+{
+    pthread_mutex_lock(&s->lock);
+    while ((s->free == 0 || s->waiting_requests > 0) && !*cancel) {
+        struct timespec ts = util_deadline_in(100);
+        pthread_cond_timedwait(&s->cv, &s->lock, &ts);
+    }
+    bool got = !*cancel;
+    if (got)
+        s->free--;
+    pthread_mutex_unlock(&s->lock);
+    return got;
+}
+
 void util_slots_release(struct util_slots *s)
 {
     pthread_mutex_lock(&s->lock);

@@ -199,6 +199,9 @@ void util_pool_free(struct util_pool *pool);
 struct util_slots;
 struct util_slots *util_slots_new(int n);
 void util_slots_acquire(struct util_slots *s, bool request);
+/* A job's acquire: yields to requests, and gives up (false) once *cancel
+ * becomes non-zero (checked at least every 100 ms). */
+bool util_slots_acquire_job(struct util_slots *s, const volatile int *cancel);
 void util_slots_release(struct util_slots *s);
 void util_slots_free(struct util_slots *s);
 /* Makes every task of the pool hold a slot while it runs (as a request). */

@@ -260,6 +260,14 @@ static void *worker_main(void *p)
             continue;
         }
         pthread_mutex_lock(&w->lock);
+        if (w->stop) {
+            /* Claimed while the stop began: give it back untouched. */
+            pthread_mutex_unlock(&w->lock);
+            struct util_error rerr = {0};
+            store_job_release(w->cfg.store, job.id, owner, job.attempts, &rerr);
+            store_job_clear(&job);
+            break;
+        }
         g_strlcpy(a->id, job.id, sizeof(a->id));
         a->attempt = job.attempts;
         a->lost = 0;
@@ -268,11 +276,19 @@ static void *worker_main(void *p)
         pthread_mutex_unlock(&w->lock);
         /* One budget of cores for requests and jobs (DESIGN §6); requests
          * go first. The lease is renewed while the job waits for a slot. */
+        bool slot = true;
         if (w->cfg.slots)
-            util_slots_acquire(w->cfg.slots, false);
-        process(w, a, &job, owner);
-        if (w->cfg.slots)
-            util_slots_release(w->cfg.slots);
+            slot = util_slots_acquire_job(w->cfg.slots, &a->lost);
+        if (slot) {
+            process(w, a, &job, owner);
+            if (w->cfg.slots)
+                util_slots_release(w->cfg.slots);
+        } else {
+            /* Stopped (or the lease was lost) while waiting for a slot. */
+            struct util_error rerr = {0};
+            if (a->lost == 2)
+                store_job_release(w->cfg.store, job.id, owner, job.attempts, &rerr);
+        }
         pthread_mutex_lock(&w->lock);
         a->busy = false;
         w->running--;
