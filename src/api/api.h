@@ -88,6 +88,15 @@ int api_body_image(struct http_request *req, const void **data, size_t *len,
  * query is empty (serve the original), else answers or defers (*next). */
 bool api_variant(struct http_request *req, struct api_ctx *ctx, enum http_next *next);
 
+/* List routes (lists.c): limit (1..1000, default 100) and cursor into
+ * *limit and *before (0: from the newest); any parameter other than those
+ * and the NULL-terminated `extra` names is a 400. */
+int api_list_params(struct http_request *req, const char *const *extra, int64_t *limit,
+                    int64_t *before, struct util_error *err);
+/* {"items": items, "next_cursor": cursor after last_seq, or null}. Takes
+ * the reference to items. */
+json_t *api_list_page(json_t *items, bool more, int64_t last_seq);
+
 /* Handlers (images.c, variants.c, transform.c, health.c). */
 enum http_next api_transform(struct http_request *req, void *ctx);
 enum http_next api_jobs_create(struct http_request *req, void *ctx);

@@ -15,9 +15,6 @@
 
 #include "api/api.h"
 
-#define LIST_DEFAULT 100
-#define LIST_MAX     1000
-
 static json_t *image_json(const struct store_image *img, bool info)
 {
     char created[40];
@@ -271,39 +268,11 @@ enum http_next api_images_list(struct http_request *req, void *vctx)
 {
     struct api_ctx *ctx = vctx;
     struct util_error err = {0};
-    int64_t limit = LIST_DEFAULT;
-    const char *l = http_request_query(req, "limit");
-    if (l && (util_parse_int(l, &limit) != 0 || limit < 1 || limit > LIST_MAX)) {
-        util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "limit must be an integer 1..%d",
-                       LIST_MAX);
+    int64_t limit, before;
+    if (api_list_params(req, NULL, &limit, &before, &err) != 0) {
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
-    int64_t before = 0;
-    const char *c = http_request_query(req, "cursor");
-    if (c && util_cursor_decode(c, &before) != 0) {
-        util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "cursor is not one this server gave out");
-        api_respond_error(req, &err);
-        return HTTP_DONE;
-    }
-    /* Any other parameter is a mistake worth telling about. */
-    const char *raw = http_request_raw_query(req);
-    gchar **pairs = g_strsplit(raw, "&", -1);
-    for (int i = 0; pairs[i]; i++) {
-        if (pairs[i][0] == '\0')
-            continue;
-        char *eq = strchr(pairs[i], '=');
-        if (eq)
-            *eq = '\0';
-        if (strcmp(pairs[i], "limit") != 0 && strcmp(pairs[i], "cursor") != 0) {
-            util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "unknown parameter '%.40s'", pairs[i]);
-            g_strfreev(pairs);
-            api_respond_error(req, &err);
-            return HTTP_DONE;
-        }
-    }
-    g_strfreev(pairs);
-
     /* One extra row tells whether there is a next page. */
     struct store_image *items = calloc((size_t)limit + 1, sizeof(*items));
     int n = 0;
@@ -319,14 +288,9 @@ enum http_next api_images_list(struct http_request *req, void *vctx)
     int shown = n > limit ? (int)limit : n;
     for (int i = 0; i < shown; i++)
         json_array_append_new(arr, image_json(&items[i], false));
-    json_t *next = json_null();
-    if (n > limit) {
-        char cur[UTIL_CURSOR_MAX];
-        util_cursor_encode(items[shown - 1].seq, cur);
-        next = json_string(cur);
-    }
+    json_t *page = api_list_page(arr, n > limit, shown > 0 ? items[shown - 1].seq : 0);
     free(items);
-    api_respond_json(req, 200, json_pack("{s:o, s:o}", "items", arr, "next_cursor", next));
+    api_respond_json(req, 200, page);
     return HTTP_DONE;
 }
 

@@ -16,7 +16,6 @@
 
 #define JOB_JSON_MAX (1 << 20) /* a job request is small; refuse more */
 #define WAIT_MAX_S   30
-#define LIST_MAX     1000
 
 static json_t *time_or_null(int64_t ms)
 {
@@ -245,11 +244,9 @@ enum http_next api_jobs_list(struct http_request *req, void *vctx)
 {
     struct api_ctx *ctx = vctx;
     struct util_error err = {0};
-    int64_t limit = 100;
-    const char *l = http_request_query(req, "limit");
-    if (l && (util_parse_int(l, &limit) != 0 || limit < 1 || limit > LIST_MAX)) {
-        util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "limit must be an integer 1..%d",
-                       LIST_MAX);
+    static const char *const extra[] = {"status", NULL};
+    int64_t limit, before;
+    if (api_list_params(req, extra, &limit, &before, &err) != 0) {
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
@@ -261,27 +258,6 @@ enum http_next api_jobs_list(struct http_request *req, void *vctx)
         api_respond_error(req, &err);
         return HTTP_DONE;
     }
-    int64_t before = 0;
-    const char *c = http_request_query(req, "cursor");
-    if (c && util_cursor_decode(c, &before) != 0) {
-        util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "cursor is not one this server gave out");
-        api_respond_error(req, &err);
-        return HTTP_DONE;
-    }
-    gchar **pairs = g_strsplit(http_request_raw_query(req), "&", -1);
-    for (int i = 0; pairs[i]; i++) {
-        char *eq = strchr(pairs[i], '=');
-        if (eq)
-            *eq = '\0';
-        if (pairs[i][0] && strcmp(pairs[i], "limit") != 0 && strcmp(pairs[i], "cursor") != 0 &&
-            strcmp(pairs[i], "status") != 0) {
-            util_error_set(&err, UTIL_ERR_INVALID_OPERATION, "unknown parameter '%.40s'", pairs[i]);
-            g_strfreev(pairs);
-            api_respond_error(req, &err);
-            return HTTP_DONE;
-        }
-    }
-    g_strfreev(pairs);
     struct store_job *items = calloc((size_t)limit + 1, sizeof(*items));
     int n = 0;
     if (items == NULL ||
@@ -296,16 +272,11 @@ enum http_next api_jobs_list(struct http_request *req, void *vctx)
     int shown = n > limit ? (int)limit : n;
     for (int i = 0; i < shown; i++)
         json_array_append_new(arr, job_json(&items[i]));
-    json_t *next = json_null();
-    if (n > limit) {
-        char cur[UTIL_CURSOR_MAX];
-        util_cursor_encode(items[shown - 1].seq, cur);
-        next = json_string(cur);
-    }
+    json_t *page = api_list_page(arr, n > limit, shown > 0 ? items[shown - 1].seq : 0);
     for (int i = 0; i < n; i++)
         store_job_clear(&items[i]);
     free(items);
-    api_respond_json(req, 200, json_pack("{s:o, s:o}", "items", arr, "next_cursor", next));
+    api_respond_json(req, 200, page);
     return HTTP_DONE;
 }
 
