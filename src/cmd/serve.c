@@ -66,18 +66,9 @@ static void on_job_done(const char *job_id, void *arg)
 int cmd_serve(int argc, char **argv, const char *argv0)
 {
     struct util_config cfg;
-    char errbuf[512];
-    int argi = 1;
-    switch (util_config_parse(&cfg, UTIL_CMD_SERVE, "serve", argc, argv, &argi, errbuf,
-                              sizeof(errbuf))) {
-    case UTIL_CONFIG_HELP:
-        return 0;
-    case UTIL_CONFIG_ERROR:
-        fprintf(stderr, "image-server: %s\n", errbuf);
-        return 2;
-    case UTIL_CONFIG_OK:
-        break;
-    }
+    int argi, status;
+    if (!cmd_flags(&cfg, UTIL_CMD_SERVE, "serve", NULL, argc, argv, &argi, &status))
+        return status;
     if (argi < argc) {
         fprintf(stderr, "image-server: serve: unexpected argument '%s'\n", argv[argi]);
         util_config_free(&cfg);

@@ -14,19 +14,11 @@ int cmd_sign(int argc, char **argv, const char *argv0)
 {
     (void)argv0;
     struct util_config cfg;
-    char errbuf[512];
-    int argi = 1;
-    switch (
-        util_config_parse(&cfg, UTIL_CMD_SIGN, "sign", argc, argv, &argi, errbuf, sizeof(errbuf))) {
-    case UTIL_CONFIG_HELP:
-        printf("\nusage: image-server sign [--signing-key KEY] '/v1/images/ID?w=800&q=80'\n");
-        return 0;
-    case UTIL_CONFIG_ERROR:
-        fprintf(stderr, "image-server: %s\n", errbuf);
-        return 2;
-    case UTIL_CONFIG_OK:
-        break;
-    }
+    int argi, status;
+    if (!cmd_flags(&cfg, UTIL_CMD_SIGN, "sign",
+                   "usage: image-server sign [--signing-key KEY] '/v1/images/ID?w=800&q=80'\n",
+                   argc, argv, &argi, &status))
+        return status;
     int rc = 2;
     if (argc - argi != 1) {
         fprintf(stderr, "usage: image-server sign [--signing-key KEY] 'PATH?QUERY'\n");

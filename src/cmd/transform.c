@@ -36,21 +36,13 @@ static int format_from_path(const char *path)
 int cmd_transform(int argc, char **argv, const char *argv0)
 {
     struct util_config cfg;
-    char errbuf[512];
-    int argi = 1;
-    switch (util_config_parse(&cfg, UTIL_CMD_TRANSFORM, "transform", argc, argv, &argi, errbuf,
-                              sizeof(errbuf))) {
-    case UTIL_CONFIG_HELP:
-        printf("\nusage: image-server transform [FLAGS] IN OUT 'QUERY'\n"
-               "  QUERY is a variant query such as 'w=800&rotate=90' (see the README);\n"
-               "  the output format is OUT's extension unless QUERY has format=.\n");
-        return 0;
-    case UTIL_CONFIG_ERROR:
-        fprintf(stderr, "image-server: %s\n", errbuf);
-        return 2;
-    case UTIL_CONFIG_OK:
-        break;
-    }
+    int argi, status;
+    if (!cmd_flags(&cfg, UTIL_CMD_TRANSFORM, "transform",
+                   "usage: image-server transform [FLAGS] IN OUT 'QUERY'\n"
+                   "  QUERY is a variant query such as 'w=800&rotate=90' (see the README);\n"
+                   "  the output format is OUT's extension unless QUERY has format=.\n",
+                   argc, argv, &argi, &status))
+        return status;
     int rc = 2;
     gchar *data = NULL;
     gsize len = 0;
