@@ -166,6 +166,42 @@ static int exec(sqlite3 *db, const char *sql, struct util_error *err, const char
     return rc == SQLITE_OK ? 0 : db_error(db, rc, err, what);
 }
 
+/* Prepares sql and binds text/int64 arguments described by fmt ('t', 'i',
+ * 'z' for text bound as NULL when it is empty). */
+static sqlite3_stmt *prep(sqlite3 *db, const char *sql, const char *fmt, ...)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    for (int i = 0; fmt[i]; i++) {
+        if (fmt[i] == 't' || fmt[i] == 'z') {
+            const char *t = va_arg(ap, const char *);
+            if (fmt[i] == 'z' && (t == NULL || *t == '\0'))
+                sqlite3_bind_null(st, i + 1);
+            else
+                sqlite3_bind_text(st, i + 1, t, -1, SQLITE_TRANSIENT);
+        } else {
+            sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+        }
+    }
+    va_end(ap);
+    return st;
+}
+
+/* Runs a prepared statement to completion; returns changes or -1. */
+static int run(sqlite3 *db, sqlite3_stmt *st, struct util_error *err, const char *what)
+{
+    if (st == NULL)
+        return db_error(db, sqlite3_errcode(db), err, what);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return db_error(db, rc, err, what);
+    return sqlite3_changes(db);
+}
+
 static int sq_migrate(struct store *base, struct util_error *err)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
@@ -256,47 +292,33 @@ static void read_image(sqlite3_stmt *st, struct store_image *img)
     img->created_at_ms = sqlite3_column_int64(st, 11);
 }
 
+/* Inserts an image row on an open connection (the caller's transaction,
+ * if any); fills img->seq. */
+static int insert_image(sqlite3 *db, struct store_image *img, struct util_error *err,
+                        const char *what)
+{
+    sqlite3_stmt *st = prep(db,
+                            "INSERT INTO images (id, sha256, format, width, height, pages,"
+                            " bytes, has_alpha, orientation, icc, created_at)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            "tttiiiiiizi", img->id, img->sha256, img->format, img->width,
+                            img->height, img->pages, img->bytes, (int64_t)img->has_alpha,
+                            (int64_t)img->orientation, img->icc, img->created_at_ms);
+    if (run(db, st, err, what) < 0)
+        return -1;
+    img->seq = sqlite3_last_insert_rowid(db);
+    return 0;
+}
+
 static int sq_image_insert(struct store *base, struct store_image *img, struct util_error *err)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     sqlite3 *db = acquire(s, err);
     if (db == NULL)
         return -1;
-    sqlite3_stmt *st = NULL;
-    int out = -1;
     if (img->created_at_ms == 0)
         img->created_at_ms = util_now_ms();
-    int rc = sqlite3_prepare_v2(db,
-                                "INSERT INTO images (id, sha256, format, width, height, pages,"
-                                " bytes, has_alpha, orientation, icc, created_at)"
-                                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_text(st, 1, img->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, img->sha256, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, img->format, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, img->width);
-    sqlite3_bind_int64(st, 5, img->height);
-    sqlite3_bind_int64(st, 6, img->pages);
-    sqlite3_bind_int64(st, 7, img->bytes);
-    sqlite3_bind_int(st, 8, img->has_alpha);
-    sqlite3_bind_int(st, 9, img->orientation);
-    if (img->icc[0])
-        sqlite3_bind_text(st, 10, img->icc, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 10);
-    sqlite3_bind_int64(st, 11, img->created_at_ms);
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        goto fail;
-    img->seq = sqlite3_last_insert_rowid(db);
-    out = 0;
-    goto done;
-fail:
-    db_error(db, rc, err, "storing an image");
-done:
-    sqlite3_finalize(st);
+    int out = insert_image(db, img, err, "storing an image");
     release(s, db);
     return out;
 }
@@ -339,26 +361,11 @@ static int sq_image_delete(struct store *base, const char *id, struct util_error
     sqlite3 *db = acquire(s, err);
     if (db == NULL)
         return -1;
-    sqlite3_stmt *st = NULL;
-    int out = -1;
-    int rc = sqlite3_prepare_v2(db, "DELETE FROM images WHERE id = ?", -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        goto fail;
-    if (sqlite3_changes(db) == 0)
-        util_error_set(err, UTIL_ERR_NOT_FOUND, "no image has the id '%.40s'", id);
-    else
-        out = 0;
-    goto done;
-fail:
-    db_error(db, rc, err, "deleting an image");
-done:
-    sqlite3_finalize(st);
+    int n = run(db, prep(db, "DELETE FROM images WHERE id = ?", "t", id), err, "deleting an image");
     release(s, db);
-    return out;
+    if (n == 0)
+        return util_error_set(err, UTIL_ERR_NOT_FOUND, "no image has the id '%.40s'", id);
+    return n < 0 ? -1 : 0;
 }
 
 static int sq_image_list(struct store *base, int64_t before_seq, int limit,
@@ -399,24 +406,16 @@ static int sq_blob_referenced(struct store *base, const char *sha256, bool *ref,
     sqlite3 *db = acquire(s, err);
     if (db == NULL)
         return -1;
-    sqlite3_stmt *st = NULL;
-    int out = -1;
-    int rc = sqlite3_prepare_v2(db,
-                                "SELECT 1 FROM images WHERE sha256 = ?1"
-                                " UNION ALL SELECT 1 FROM variants WHERE sha256 = ?1 LIMIT 1",
-                                -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_text(st, 1, sha256, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        goto fail;
-    *ref = rc == SQLITE_ROW;
-    out = 0;
-    goto done;
-fail:
-    db_error(db, rc, err, "checking blob references");
-done:
+    sqlite3_stmt *st = prep(db,
+                            "SELECT 1 FROM images WHERE sha256 = ?1"
+                            " UNION ALL SELECT 1 FROM variants WHERE sha256 = ?1 LIMIT 1",
+                            "t", sha256);
+    int rc = st ? sqlite3_step(st) : sqlite3_errcode(db);
+    int out = 0;
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+        *ref = rc == SQLITE_ROW;
+    else
+        out = db_error(db, rc, err, "checking blob references");
     sqlite3_finalize(st);
     release(s, db);
     return out;
@@ -471,38 +470,19 @@ static int sq_variant_put(struct store *base, const struct store_variant *v, str
     sqlite3 *db = acquire(s, err);
     if (db == NULL)
         return -1;
-    sqlite3_stmt *st = NULL;
-    int out = -1;
-    int rc = sqlite3_prepare_v2(db,
-                                "INSERT OR REPLACE INTO variants (image_id, plan, sha256, format,"
-                                " width, height, bytes, created_at, last_used)"
-                                " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8"
-                                " WHERE EXISTS (SELECT 1 FROM images WHERE id = ?1)",
-                                -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_text(st, 1, v->image_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, v->plan, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, v->sha256, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, v->format, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, v->width);
-    sqlite3_bind_int64(st, 6, v->height);
-    sqlite3_bind_int64(st, 7, v->bytes);
-    sqlite3_bind_int64(st, 8, v->created_at_ms ? v->created_at_ms : util_now_ms());
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE)
-        goto fail;
-    if (sqlite3_changes(db) == 0)
-        util_error_set(err, UTIL_ERR_NOT_FOUND, "the image was deleted");
-    else
-        out = 0;
-    goto done;
-fail:
-    db_error(db, rc, err, "storing a variant");
-done:
-    sqlite3_finalize(st);
+    int n = run(db,
+                prep(db,
+                     "INSERT OR REPLACE INTO variants (image_id, plan, sha256, format,"
+                     " width, height, bytes, created_at, last_used)"
+                     " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8"
+                     " WHERE EXISTS (SELECT 1 FROM images WHERE id = ?1)",
+                     "ttttiiii", v->image_id, v->plan, v->sha256, v->format, v->width, v->height,
+                     v->bytes, v->created_at_ms ? v->created_at_ms : util_now_ms()),
+                err, "storing a variant");
     release(s, db);
-    return out;
+    if (n == 0)
+        return util_error_set(err, UTIL_ERR_NOT_FOUND, "the image was deleted");
+    return n < 0 ? -1 : 0;
 }
 
 static void sq_variant_touch(struct store *base, const char *image_id, const char *plan,
@@ -705,41 +685,6 @@ static int job_read(sqlite3 *db, const char *id, struct store_job *out, struct u
     }
     sqlite3_finalize(st);
     return out_rc;
-}
-
-/* Prepares sql and binds text/int64 arguments described by fmt ('t', 'i',
- * 'n' for NULL). */
-static sqlite3_stmt *prep(sqlite3 *db, const char *sql, const char *fmt, ...)
-{
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        return NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    for (int i = 0; fmt[i]; i++) {
-        if (fmt[i] == 't') {
-            const char *t = va_arg(ap, const char *);
-            sqlite3_bind_text(st, i + 1, t, -1, SQLITE_TRANSIENT);
-        } else if (fmt[i] == 'i') {
-            sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
-        } else {
-            sqlite3_bind_null(st, i + 1);
-        }
-    }
-    va_end(ap);
-    return st;
-}
-
-/* Runs a prepared statement to completion; returns changes or -1. */
-static int run(sqlite3 *db, sqlite3_stmt *st, struct util_error *err, const char *what)
-{
-    if (st == NULL)
-        return db_error(db, sqlite3_errcode(db), err, what);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return db_error(db, rc, err, what);
-    return sqlite3_changes(db);
 }
 
 static int sq_job_enqueue(struct store *base, struct store_job *job, const char *idem_key,
@@ -994,19 +939,8 @@ static int sq_job_complete(struct store *base, const char *id, const char *owner
         goto done;
     }
     result->created_at_ms = now;
-    sqlite3_stmt *st =
-        prep(db,
-             "INSERT INTO images (id, sha256, format, width, height, pages,"
-             " bytes, has_alpha, orientation, icc, created_at)"
-             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-             "tttiiiiiiti", result->id, result->sha256, result->format, result->width,
-             result->height, result->pages, result->bytes, (int64_t)result->has_alpha,
-             (int64_t)result->orientation, result->icc, now);
-    if (st && !result->icc[0])
-        sqlite3_bind_null(st, 10);
-    if (run(db, st, err, "storing a job's result") < 0)
+    if (insert_image(db, result, err, "storing a job's result") != 0)
         goto done;
-    result->seq = sqlite3_last_insert_rowid(db);
     if (exec(db, "COMMIT", err, "completing a job") != 0)
         goto done;
     out = 0;
