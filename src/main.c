@@ -13,7 +13,11 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: image-server COMMAND [FLAGS]\n\n"
                  "commands:\n"
-                 "  serve      API + sweeper in one process (SQLite + a blob folder)\n"
+                 "  serve      API + job workers + sweeper in one process (SQLite + a blob "
+                 "folder)\n"
+                 "  api        the API alone, for many machines sharing one PostgreSQL\n"
+                 "  worker     job workers + sweeper, for many machines sharing one PostgreSQL\n"
+                 "  migrate    create or upgrade the database schema, then exit\n"
                  "  transform  IN OUT 'QUERY': one local file through the same operations\n"
                  "  sign       'PATH?QUERY': print a signed variant URL\n\n"
                  "image-server --version       print the version\n"
@@ -47,6 +51,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "serve") == 0)
         return cmd_serve(argc - 1, argv + 1, argv[0]);
+    if (strcmp(cmd, "api") == 0)
+        return cmd_api(argc - 1, argv + 1, argv[0]);
+    if (strcmp(cmd, "worker") == 0)
+        return cmd_worker(argc - 1, argv + 1, argv[0]);
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(argc - 1, argv + 1, argv[0]);
     if (strcmp(cmd, "transform") == 0)
         return cmd_transform(argc - 1, argv + 1, argv[0]);
     if (strcmp(cmd, "sign") == 0)

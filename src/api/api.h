@@ -59,6 +59,8 @@ void api_variants_init(void);
 
 /* The route table of the public API (DESIGN §3). */
 const struct http_route *api_routes(size_t *n);
+/* The routes of a `worker` process: /healthz, /readyz and /metrics. */
+const struct http_route *api_worker_routes(size_t *n);
 /* Registers metric descriptions and render hooks. */
 void api_metrics_init(struct api_ctx *ctx);
 

@@ -24,3 +24,16 @@ const struct http_route *api_routes(size_t *n)
     *n = sizeof(ROUTES) / sizeof(ROUTES[0]);
     return ROUTES;
 }
+
+/* A `worker` process serves only these (DESIGN §1: worker --listen). */
+static const struct http_route WORKER_ROUTES[] = {
+    {"GET", "/healthz", api_healthz, false, "healthz", API_ACCESS_OPEN},
+    {"GET", "/readyz", api_readyz, false, "readyz", API_ACCESS_OPEN},
+    {"GET", "/metrics", api_metrics, false, "metrics", API_ACCESS_OPEN},
+};
+
+const struct http_route *api_worker_routes(size_t *n)
+{
+    *n = sizeof(WORKER_ROUTES) / sizeof(WORKER_ROUTES[0]);
+    return WORKER_ROUTES;
+}

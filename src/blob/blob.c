@@ -7,12 +7,13 @@
 
 #include "blob/blob.h"
 
-struct blob_store *blob_open(const char *spec, struct util_error *err)
+struct blob_store *blob_open(const char *spec, struct pg_pool *pool, struct util_error *err)
 {
     if (spec && strncmp(spec, "fs:", 3) == 0 && spec[3] != '\0')
         return blob_fs_open(spec + 3, err);
-    util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                   "--blobs: '%s' is not fs:PATH (db needs a postgres:// database)",
+    if (spec && strcmp(spec, "db") == 0)
+        return blob_db_open(pool, err);
+    util_error_set(err, UTIL_ERR_INVALID_OPERATION, "--blobs: '%s' is neither fs:PATH nor db",
                    spec ? spec : "");
     return NULL;
 }

@@ -47,9 +47,13 @@ struct blob_store {
     const struct blob_ops *ops; /* the backend */
 };
 
-/* Opens the storage named by spec ("fs:PATH"); creates the folder if needed.
- * NULL on error (err says why). */
-struct blob_store *blob_open(const char *spec, struct util_error *err);
+struct pg_pool;
+
+/* Opens the storage named by spec: "fs:PATH" (creates the folder if
+ * needed) or "db" (inside PostgreSQL, through pool: the store's connection
+ * pool, store_postgres_pool; NULL for another database). NULL on error
+ * (err says why). */
+struct blob_store *blob_open(const char *spec, struct pg_pool *pool, struct util_error *err);
 void blob_close(struct blob_store *b);
 
 /* Stores data under sha256 durably: when it returns 0 the bytes survive a
@@ -81,6 +85,7 @@ int blob_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct util_err
 
 /* Backends. */
 struct blob_store *blob_fs_open(const char *path, struct util_error *err);
+struct blob_store *blob_db_open(struct pg_pool *pool, struct util_error *err);
 
 /* sha256 of data as lower-case hex into out (65 bytes). GLib's GChecksum. */
 void blob_sha256_hex(const void *data, size_t size, char *out);

@@ -254,6 +254,28 @@ out:
     return rc;
 }
 
+static int sq_schema_check(struct store *base, struct util_error *err)
+{
+    struct sqlite_store *s = (struct sqlite_store *)base;
+    sqlite3 *db = acquire(s, err);
+    if (db == NULL)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT coalesce(max(version), 0) FROM schema_migrations", -1,
+                                &st, NULL);
+    int64_t v = 0;
+    if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    release(s, db);
+    if (v < NMIGRATIONS)
+        return util_error_set(err, UTIL_ERR_INVALID_OPERATION,
+                              "the database schema is version %lld, this binary needs %d: "
+                              "run image-server migrate",
+                              (long long)v, NMIGRATIONS);
+    return 0;
+}
+
 static int sq_ping(struct store *base, struct util_error *err)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
@@ -1224,6 +1246,7 @@ static const struct store_ops SQLITE_OPS = {
     .name = "sqlite",
     .close = sq_close,
     .migrate = sq_migrate,
+    .schema_check = sq_schema_check,
     .ping = sq_ping,
     .image_insert = sq_image_insert,
     .image_get = sq_image_get,

@@ -3,15 +3,22 @@
 
 #include "store/store.h"
 
+bool store_url_is_postgres(const char *url)
+{
+    return url && (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0);
+}
+
 struct store *store_open(const char *url, struct util_error *err)
+{
+    return store_open_sized(url, 16, err);
+}
+
+struct store *store_open_sized(const char *url, int max_connections, struct util_error *err)
 {
     if (url && strncmp(url, "sqlite:", 7) == 0 && url[7] != '\0')
         return store_sqlite_open(url + 7, err);
-    if (url && (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0)) {
-        util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                       "--database: PostgreSQL is not supported by this build yet");
-        return NULL;
-    }
+    if (store_url_is_postgres(url))
+        return store_postgres_open(url, max_connections, err);
     util_error_set(err, UTIL_ERR_INVALID_OPERATION,
                    "--database: '%s' is neither sqlite:PATH nor postgres://...", url ? url : "");
     return NULL;
@@ -26,6 +33,11 @@ void store_close(struct store *s)
 int store_migrate(struct store *s, struct util_error *err)
 {
     return s->ops->migrate(s, err);
+}
+
+int store_schema_check(struct store *s, struct util_error *err)
+{
+    return s->ops->schema_check(s, err);
 }
 
 int store_ping(struct store *s, struct util_error *err)

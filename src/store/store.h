@@ -86,6 +86,7 @@ struct store_ops {
     const char *name;
     void (*close)(struct store *s);
     int (*migrate)(struct store *s, struct util_error *err);
+    int (*schema_check)(struct store *s, struct util_error *err);
     int (*ping)(struct store *s, struct util_error *err);
     int (*image_insert)(struct store *s, struct store_image *img, struct util_error *err);
     int (*image_get)(struct store *s, const char *id, struct store_image *out,
@@ -134,14 +135,25 @@ struct store {
 };
 
 /* Opens the database named by url ("sqlite:PATH" or "postgres://...").
- * Does not create or upgrade the schema: call store_migrate. NULL on error. */
+ * Does not create or upgrade the schema: call store_migrate. NULL on error
+ * (UTIL_ERR_INVALID_OPERATION for a URL of no known kind,
+ * UTIL_ERR_UNAVAILABLE when the database cannot be reached). */
 struct store *store_open(const char *url, struct util_error *err);
+/* The same with at most max_connections connections to PostgreSQL (the
+ * SQLite backend keeps its own small pool). */
+struct store *store_open_sized(const char *url, int max_connections, struct util_error *err);
+/* Whether url names a PostgreSQL database. */
+bool store_url_is_postgres(const char *url);
 /* Closes every connection and frees the store. */
 void store_close(struct store *s);
 
 /* Creates or upgrades the schema to the version this binary knows. Safe to
  * run again; runs in one transaction per version. */
 int store_migrate(struct store *s, struct util_error *err);
+/* 0 when the schema is at the version this binary knows; else
+ * UTIL_ERR_INVALID_OPERATION saying to run `image-server migrate` (api and
+ * worker never migrate by themselves, DESIGN §1). */
+int store_schema_check(struct store *s, struct util_error *err);
 /* 0 when the database answers a trivial query. */
 int store_ping(struct store *s, struct util_error *err);
 
@@ -257,5 +269,9 @@ int store_job_status_from_name(const char *name);
 
 /* Backends. */
 struct store *store_sqlite_open(const char *path, struct util_error *err);
+struct store *store_postgres_open(const char *url, int max_connections, struct util_error *err);
+/* The PostgreSQL connection pool of a store (for blobs kept in the
+ * database), NULL for another backend. */
+struct pg_pool *store_postgres_pool(struct store *s);
 
 #endif

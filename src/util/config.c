@@ -36,9 +36,17 @@ struct flag {
 static const struct flag FLAGS[] = {
     {"listen", S_HTTP, F_STRING, OFF(listen), "127.0.0.1:8000", 0, 0,
      "address to listen on, host:port (port 0 picks a free port)"},
+    /* The worker's own listener (/healthz, /metrics) has its own default:
+     * set after the entry above, it wins for `worker` (util_config_parse). */
+    {"listen", UTIL_CMD_WORKER, F_STRING, OFF(listen), "127.0.0.1:8001", 0, 0,
+     "address of the worker's /healthz and /metrics, host:port (port 0 picks a free port)"},
     {"database", S_DB, F_STRING, OFF(database), "sqlite:./data/image-server.db", 0, 0,
      "metadata database: sqlite:PATH or postgres://..."},
-    {"blobs", S_DB, F_STRING, OFF(blobs), "fs:./data/blobs", 0, 0, "blob storage: fs:PATH"},
+    {"blobs", S_DB & ~UTIL_CMD_MIGRATE, F_STRING, OFF(blobs), "fs:./data/blobs", 0, 0,
+     "blob storage: fs:PATH (a folder; shared by every process of a fleet) or db (inside "
+     "PostgreSQL)"},
+    {"db-connections", S_DB, F_INT, OFF(db_connections), "16", 1, 1000,
+     "PostgreSQL connections this process may open (one more listens for job events)"},
     {"variant-cache", S_HTTP, F_ONOFF, OFF(variant_cache), "on", 0, 0,
      "store variants and serve them again (on|off)"},
     {"max-body-bytes", S_HTTP, F_SIZE, OFF(max_body_bytes), "50MiB", 1, BIG,
@@ -290,10 +298,15 @@ enum util_config_result util_config_parse(struct util_config *cfg, unsigned cmd,
 {
     memset(cfg, 0, sizeof(*cfg));
     /* Defaults for every flag (also those of other subcommands, so code
-     * reading a field never sees garbage), then the environment. */
-    for (size_t i = 0; i < NFLAGS; i++) {
-        if (set_value(cfg, &FLAGS[i], FLAGS[i].def, " (default)", errbuf, errlen) != 0)
-            goto fail;
+     * reading a field never sees garbage), those of this subcommand last
+     * (a field may have a default per subcommand), then the environment. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < NFLAGS; i++) {
+            if (((FLAGS[i].cmds & cmd) != 0) != (pass == 1))
+                continue;
+            if (set_value(cfg, &FLAGS[i], FLAGS[i].def, " (default)", errbuf, errlen) != 0)
+                goto fail;
+        }
     }
     for (size_t i = 0; i < NFLAGS; i++) {
         if (!(FLAGS[i].cmds & cmd))

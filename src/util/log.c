@@ -86,3 +86,29 @@ int util_cores(void)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
 }
+
+const char *util_redact_url(const char *url)
+{
+    static __thread char buf[512];
+    snprintf(buf, sizeof(buf), "%s", url ? url : "");
+    /* scheme://user:PASSWORD@host */
+    char *scheme = strstr(buf, "://");
+    char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+    if (at && colon && colon < at && strlen(buf) + 4 < sizeof(buf)) {
+        memmove(colon + 4, at, strlen(at) + 1);
+        memcpy(colon, ":***", 4);
+    }
+    /* ...?password=PASSWORD&... */
+    char *pw = strstr(buf, "password=");
+    if (pw) {
+        char *v = pw + 9;
+        char *end = strchr(v, '&');
+        size_t rest = end ? strlen(end) + 1 : 1;
+        if (v + 3 + rest <= buf + sizeof(buf)) {
+            memmove(v + 3, end ? end : v + strlen(v), rest);
+            memcpy(v, "***", 3);
+        }
+    }
+    return buf;
+}

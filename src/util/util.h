@@ -60,6 +60,7 @@ struct util_config {
     char *listen;                    /* host:port of the HTTP listener */
     char *database;                  /* sqlite:PATH or postgres://... */
     char *blobs;                     /* fs:PATH or db */
+    int64_t db_connections;          /* PostgreSQL pool size per process */
     bool variant_cache;              /* --variant-cache on|off */
     int64_t max_body_bytes;          /* request body cap */
     int64_t max_pixels;              /* source width x height x pages */
@@ -155,6 +156,9 @@ void util_log(const char *level, const char *fmt, ...) __attribute__((format(pri
 #define util_info(...)  util_log("info", __VA_ARGS__)
 #define util_warn(...)  util_log("warn", __VA_ARGS__)
 #define util_error(...) util_log("error", __VA_ARGS__)
+/* url with any password replaced by *** (for logs); a thread-local buffer
+ * valid until the next call on the same thread. */
+const char *util_redact_url(const char *url);
 
 /* ---- cores -------------------------------------------------------------- */
 

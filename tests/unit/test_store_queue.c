@@ -3,9 +3,9 @@
  * queue (DESIGN §3 jobs, §4 the queue), written against store/store.h only,
  * so the same file runs unchanged on every backend.
  *
- * The database is IMAGE_SERVER_TEST_DATABASE (sqlite:PATH or
- * postgres://...). Unset, every test gets a fresh SQLite file in a mkdtemp
- * folder; with sqlite:PATH every test gets its own PATH.N file.
+ * The database is IMAGE_SERVER_TEST_DATABASE (sqlite:PATH, postgres://...,
+ * or "pg" for IMAGE_SERVER_TEST_PG_URL, set by scripts/with-postgres). Unset, every test gets a
+ * fresh SQLite file in a mkdtemp folder; with sqlite:PATH every test gets its own PATH.N file.
  *
  * Two modes:
  *  - exact (SQLite: a fresh database per test): tests may also assert
@@ -150,6 +150,16 @@ static int group_setup(void **state)
     g.env = getenv("IMAGE_SERVER_TEST_DATABASE");
     if (g.env && g.env[0] == '\0')
         g.env = NULL;
+    /* "pg": the PostgreSQL that scripts/with-postgres started (make test
+     * runs every test under it); its absence is a failure, not a skip. */
+    if (g.env && strcmp(g.env, "pg") == 0) {
+        g.env = getenv("IMAGE_SERVER_TEST_PG_URL");
+        if (g.env == NULL || g.env[0] == '\0') {
+            fprintf(stderr, "# IMAGE_SERVER_TEST_PG_URL is not set: run the tests through "
+                            "scripts/with-postgres (make test does)\n");
+            return -1;
+        }
+    }
     const char *force = getenv("IMAGE_SERVER_TEST_SHARED");
     g.shared = g.env && (strncmp(g.env, "postgres", 8) == 0 || (force && strcmp(force, "1") == 0));
     if (g.env == NULL) {
