@@ -194,12 +194,14 @@ int cmd_run(struct util_config *cfg, unsigned what, const char *name, const char
             util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the job workers");
             goto fail;
         }
-        sweeper = worker_sweeper_start(store, blobs, cfg->sweep_interval_ms, cfg->blob_grace_ms,
-                                       cfg->variant_cache_max_bytes);
-        if (sweeper == NULL) {
-            util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the sweeper");
-            goto fail;
-        }
+    }
+    /* `api` runs a light sweeper: it only writes which variants it served,
+     * so the workers' sweepers evict the least recently used. */
+    sweeper = worker_sweeper_start(store, blobs, cfg->sweep_interval_ms, cfg->blob_grace_ms,
+                                   cfg->variant_cache_max_bytes, jobs);
+    if (sweeper == NULL) {
+        util_error_set(&err, UTIL_ERR_INTERNAL, "could not start the sweeper");
+        goto fail;
     }
     {
         char addr[300];

@@ -563,6 +563,10 @@ static int pg_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
         if (pg_exec(c, err, "flushing variant use", "COMMIT", "") < 0)
             goto done;
     }
+    if (max_bytes < 0) {
+        out = 0;
+        goto done;
+    }
     /* Least recently used rows past the budget, in one statement (safe from
      * several sweepers: a row deleted twice is deleted once). */
     int n = pg_exec(c, err, "trimming the variant cache",

@@ -571,6 +571,10 @@ static int sq_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
         if (exec(db, "COMMIT", err, "flushing variant use") != 0)
             goto done;
     }
+    if (max_bytes < 0) {
+        out = 0;
+        goto done;
+    }
     /* Evict the least recently used rows past the budget, in one statement:
      * a running sum over the rows, newest first, marks where it is passed. */
     int rc = sqlite3_prepare_v2(db,

@@ -185,7 +185,8 @@ int store_variant_put(struct store *s, const struct store_variant *v, struct uti
 void store_variant_touch(struct store *s, const char *image_id, const char *plan, int64_t now_ms);
 /* Writes pending touches, then deletes the least recently used variant rows
  * until their bytes fit in max_bytes (their blobs are collected later by the
- * blob sweep). *evicted is the number of rows deleted. */
+ * blob sweep). *evicted is the number of rows deleted. A negative max_bytes
+ * only writes the touches (an `api` process: the workers' sweepers evict). */
 int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err);
 
 /* ---- the job queue (DESIGN §4) ------------------------------------------

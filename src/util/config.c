@@ -75,8 +75,8 @@ static const struct flag FLAGS[] = {
      "comma-separated CIDRs the per-client limits skip (\"\" for none)"},
     {"idle-timeout", S_HTTP, F_DURATION, OFF(idle_timeout_ms), "60s", 1000, BIG,
      "an idle connection is closed after this long"},
-    {"shutdown-timeout", S_HTTP, F_DURATION, OFF(shutdown_timeout_ms), "30s", 0, BIG,
-     "on SIGTERM, how long in-flight requests may take to finish"},
+    {"shutdown-timeout", S_HTTP | UTIL_CMD_WORKER, F_DURATION, OFF(shutdown_timeout_ms), "30s", 0,
+     BIG, "on SIGTERM, how long in-flight requests and running jobs may take to finish"},
     {"api-key", S_HTTP, F_LIST, OFF(api_keys), "", 0, 0,
      "key that writes, job calls and the image list need as Authorization: Bearer KEY "
      "(repeatable; the environment twin takes a comma-separated list)"},

@@ -104,6 +104,18 @@ static const char *problem_type(enum util_err code)
     }
 }
 
+/* Sleeps ms unless the workers are stopping: false when they are. */
+static bool sleep_unless_stopping(struct worker_jobs *w, int64_t ms)
+{
+    struct timespec ts = util_deadline_in(ms);
+    pthread_mutex_lock(&w->lock);
+    while (!w->stop && pthread_cond_timedwait(&w->cv, &w->lock, &ts) == 0) {
+    }
+    bool go_on = !w->stop;
+    pthread_mutex_unlock(&w->lock);
+    return go_on;
+}
+
 /* Runs the job's plan; on success fills *result (its blob is durable). */
 static int run_job(struct worker_jobs *w, struct store_job *job, struct active *a,
                    struct store_image *result, struct util_error *err)
@@ -183,7 +195,20 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
     const char *outcome;
     if (run_job(w, job, a, &result, &err) == 0) {
         struct util_error cerr = {0};
-        if (store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr) == 0) {
+        int crc = store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr);
+        /* The work is done and its blob durable: a database that is away
+         * for a moment (a restart, a fail-over) should not cost the job an
+         * attempt. Completing is fenced, so trying again is safe; the lease
+         * bounds how long (then the sweeper gives the job to another). */
+        for (int64_t pause = 250, waited = 0;
+             crc != 0 && cerr.code == UTIL_ERR_UNAVAILABLE && waited + pause < w->cfg.lease_ms / 2;
+             waited += pause, pause *= 2) {
+            if (!sleep_unless_stopping(w, pause))
+                break;
+            memset(&cerr, 0, sizeof(cerr));
+            crc = store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr);
+        }
+        if (crc == 0) {
             outcome = "succeeded";
         } else if (cerr.code == UTIL_ERR_CONFLICT) {
             /* Fenced: canceled or taken over. Its blob is left to the sweeper. */

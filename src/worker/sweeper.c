@@ -25,6 +25,7 @@ struct worker_sweeper {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     bool stop;
+    bool full; /* every step; else only write variant touches (api) */
 };
 
 struct candidates {
@@ -98,10 +99,15 @@ static void *sweeper_main(void *arg)
          * collected by the blob step once the grace period has passed. */
         struct util_error err = {0};
         int evicted = 0;
-        if (store_variant_trim(sw->store, sw->variant_max_bytes, &evicted, &err) != 0)
+        if (store_variant_trim(sw->store, sw->full ? sw->variant_max_bytes : -1, &evicted, &err) !=
+            0)
             util_warn("sweeper: %s", err.detail);
         else if (evicted > 0)
             util_metrics_counter_add("image_server_variants_evicted_total", "", evicted);
+        if (!sw->full) {
+            pthread_mutex_lock(&sw->lock);
+            continue;
+        }
         int requeued = 0, failed = 0, expired = 0;
         if (store_job_rescue(sw->store, &requeued, &failed, &err) != 0)
             util_warn("sweeper: %s", err.detail);
@@ -125,11 +131,12 @@ static void *sweeper_main(void *arg)
 
 struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_store *blobs,
                                             int64_t interval_ms, int64_t blob_grace_ms,
-                                            int64_t variant_max_bytes)
+                                            int64_t variant_max_bytes, bool full)
 {
     struct worker_sweeper *sw = calloc(1, sizeof(*sw));
     if (sw == NULL)
         return NULL;
+    sw->full = full;
     sw->store = store;
     sw->blobs = blobs;
     sw->interval_ms = interval_ms;

@@ -6,6 +6,7 @@
 #ifndef WORKER_WORKER_H
 #define WORKER_WORKER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "blob/blob.h"
@@ -15,10 +16,12 @@
 struct worker_sweeper;
 
 /* Starts a thread that sweeps every interval_ms. Each step is idempotent and
- * safe with several processes sweeping the same storage. */
+ * safe with several processes sweeping the same storage. Not full: only
+ * write this process's variant cache touches (an `api` process, whose
+ * variants the workers' sweepers evict). */
 struct worker_sweeper *worker_sweeper_start(struct store *store, struct blob_store *blobs,
                                             int64_t interval_ms, int64_t blob_grace_ms,
-                                            int64_t variant_max_bytes);
+                                            int64_t variant_max_bytes, bool full);
 /* One sweep, synchronously (tests, and the thread's loop). Returns the
  * number of blobs collected, or -1. */
 int worker_sweep_once(struct store *store, struct blob_store *blobs, int64_t blob_grace_ms);
