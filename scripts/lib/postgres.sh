@@ -4,7 +4,8 @@
 #
 #   pg_start          start a cluster in a fresh `mktemp -d` folder, create
 #                     the database image_server, export the variables below
-#   pg_stop           fast shutdown, then remove the folder (safe to repeat)
+#   pg_stop           fast shutdown, then remove the folder (safe to repeat;
+#                     only ever stops the cluster this shell started)
 #   pg_restart        pg_ctl restart -m fast, wait until it answers again
 #   pg_createdb NAME  (re)create an empty database NAME, print its URL
 #   pg_ctl_cmd ARGS   run pg_ctl on the cluster as the postgres user
@@ -96,9 +97,15 @@ _pg_wait_ready() {
   _pg_fail "the server on port $PG_PORT is not ready after 30 s"
 }
 
+# The folder of the cluster this shell started. It is deliberately not
+# exported: a child process that inherits PG_DIR (a test run under
+# scripts/with-postgres that sources this file again) can start its own
+# cluster, and its pg_stop never removes the parent's.
+_PG_OWNED_DIR=
+
 pg_start() {
-  if [[ -n ${PG_DIR:-} && -d ${PG_DIR:-} ]]; then
-    echo "postgres.sh: a cluster is already running in $PG_DIR (pg_stop first)" >&2
+  if [[ -n $_PG_OWNED_DIR ]]; then
+    echo "postgres.sh: a cluster is already running in $_PG_OWNED_DIR (pg_stop first)" >&2
     return 1
   fi
   # A start that fails half-way leaves nothing behind (the log's tail has
@@ -112,6 +119,7 @@ pg_start() {
 _pg_start() {
   PG_BINDIR=$(_pg_find_bindir) || return 1
   PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/image-server-pg.XXXXXX") || return 1
+  _PG_OWNED_DIR=$PG_DIR
   PG_DATA=$PG_DIR/data
   PG_SOCKDIR=$PG_DIR/sock
   PG_LOG=$PG_DIR/postgres.log
@@ -193,10 +201,13 @@ _pg_postmaster_pids() {
 }
 
 pg_stop() {
-  # Nothing started, or already stopped: nothing to do.
-  if [[ -z ${PG_DIR:-} ]]; then
+  # Nothing started by this shell, or already stopped: nothing to do.
+  if [[ -z $_PG_OWNED_DIR ]]; then
     return 0
   fi
+  PG_DIR=$_PG_OWNED_DIR
+  PG_DATA=$PG_DIR/data
+  PG_LOG=$PG_DIR/postgres.log
   # Fast shutdown (rolls back open transactions, disconnects clients);
   # immediate if that hangs.
   if [[ -f $PG_DATA/postmaster.pid ]]; then
@@ -219,6 +230,7 @@ pg_stop() {
   done
   rm -rf "$PG_DIR"
   PG_DIR=
+  _PG_OWNED_DIR=
 }
 
 pg_restart() {
