@@ -28,9 +28,15 @@ static void db_close(struct blob_store *b)
     free(b);
 }
 
+/* PostgreSQL's bytea holds at most 1 GiB. */
+#define DB_BLOB_MAX ((size_t)1 << 30)
+
 static int db_put(struct blob_store *b, const char *sha256, const void *data, size_t size,
                   struct util_error *err)
 {
+    if (size >= DB_BLOB_MAX)
+        return util_error_set(err, UTIL_ERR_TOO_LARGE,
+                              "%zu bytes: --blobs db holds blobs under 1 GiB", size);
     PGconn *c = pg_acquire(D(b)->pool, err);
     if (c == NULL)
         return -1;
@@ -44,11 +50,7 @@ static int db_put(struct blob_store *b, const char *sha256, const void *data, si
                     ", $3) ON CONFLICT (sha256) DO UPDATE SET mtime = excluded.mtime",
                     "tib", sha256, (int64_t)size, data, size);
     pg_release(D(b)->pool, c);
-    if (n < 0) {
-        err->code = UTIL_ERR_UNAVAILABLE;
-        return -1;
-    }
-    return 0;
+    return n < 0 ? -1 : 0;
 }
 
 static int db_get(struct blob_store *b, const char *sha256, struct blob_data *out,
@@ -62,10 +64,8 @@ static int db_get(struct blob_store *b, const char *sha256, struct blob_data *ou
     PGresult *r = pg_query(c, err, "reading a blob", true,
                            "SELECT data FROM blobs WHERE sha256 = $1", "t", sha256);
     pg_release(D(b)->pool, c);
-    if (r == NULL) {
-        err->code = UTIL_ERR_UNAVAILABLE;
+    if (r == NULL)
         return -1;
-    }
     if (PQntuples(r) != 1) {
         PQclear(r);
         return util_error_set(err, UTIL_ERR_NOT_FOUND, "blob %s is missing", sha256);
@@ -113,9 +113,10 @@ static int db_remove_if_unreferenced(struct blob_store *b, const char *sha256,
     int rc = -1;
     if (pg_exec(c, err, "collecting a blob", "BEGIN", "") < 0)
         goto out;
-    int n =
-        pg_exec(c, err, "collecting a blob", "DELETE FROM blobs WHERE sha256 = $1 AND mtime < $2",
-                "ti", sha256, older_than_ms);
+    /* older_than_ms is on our clock: compared as an age on the database's. */
+    int n = pg_exec(c, err, "collecting a blob",
+                    "DELETE FROM blobs WHERE sha256 = $1 AND mtime < " PG_NOW_MS " - ($3 - $2)",
+                    "tii", sha256, older_than_ms, util_now_ms());
     if (n < 0)
         goto out;
     if (n == 0) {
@@ -148,10 +149,12 @@ static int db_walk(struct blob_store *b, blob_visit_fn fn, void *arg, struct uti
         PGconn *c = pg_acquire(D(b)->pool, err);
         if (c == NULL)
             return -1;
+        /* mtime is on the database's clock: reported on ours (the sweeper
+         * compares it with its own clock). */
         PGresult *r = pg_query(c, err, "listing blobs", false,
-                               "SELECT sha256, mtime FROM blobs WHERE sha256 > $1"
-                               " ORDER BY sha256 LIMIT 1000",
-                               "t", after);
+                               "SELECT sha256, mtime - " PG_NOW_MS " + $2 FROM blobs"
+                               " WHERE sha256 > $1 ORDER BY sha256 LIMIT 1000",
+                               "ti", after, util_now_ms());
         pg_release(D(b)->pool, c);
         if (r == NULL)
             return -1;

@@ -30,7 +30,7 @@
 #include "store/pg.h"
 #include "store/store.h"
 
-/* A lock id for `migrate` (pg_advisory_lock): "imgsrv" in ASCII. */
+/* A lock id for `migrate` (pg_advisory_xact_lock). */
 #define MIGRATE_LOCK_ID "126943244940918"
 
 struct pg_store {
@@ -151,6 +151,18 @@ static void job_done(struct pg_store *s, const char *id)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* The database's clock now, or -1. Also delivers what arrived with it. */
+static int64_t db_now(PGconn *c)
+{
+    struct util_error err = {0};
+    PGresult *r = pg_query(c, &err, "reading the database clock", false, "SELECT " PG_NOW_MS, "");
+    if (r == NULL)
+        return -1;
+    int64_t v = pg_int(r, 0, 0);
+    PQclear(r);
+    return v;
+}
+
 static PGconn *listen_connect(const char *url, struct util_error *err)
 {
     PGconn *c = pg_connect(url, err);
@@ -170,11 +182,50 @@ static bool listener_sleep(struct pg_store *s, int ms)
     return poll(&pfd, 1, ms) > 0;
 }
 
+/* Hands out every notification libpq holds. A query on the connection (the
+ * LISTEN, the liveness check) may have read some already: they wait in
+ * libpq, not in the socket, so this runs before every poll. */
+static void deliver(struct pg_store *s, PGconn *c)
+{
+    PGnotify *note;
+    bool ready = false;
+    while ((note = PQnotifies(c)) != NULL) {
+        if (strcmp(note->relname, "job_ready") == 0)
+            ready = true;
+        else if (strcmp(note->relname, "job_done") == 0 && note->extra[0])
+            job_done(s, note->extra);
+        PQfreemem(note);
+    }
+    if (ready)
+        jobs_signal(s);
+}
+
+/* After a reconnection: what was notified while we were away is lost.
+ * Workers look again, and the jobs that finished since shortly before the
+ * connection was last known good are announced again (an announcement
+ * twice is harmless: it only wakes ?wait= requests). */
+static void catch_up(struct pg_store *s, PGconn *c, int64_t since_db_ms)
+{
+    jobs_signal(s);
+    if (since_db_ms <= 0)
+        return;
+    struct util_error err = {0};
+    PGresult *r = pg_query(c, &err, "reading jobs finished meanwhile", false,
+                           "SELECT id FROM jobs WHERE finished_at >= $1 LIMIT 100000", "i",
+                           since_db_ms - 5000);
+    if (r == NULL)
+        return;
+    for (int i = 0; i < PQntuples(r); i++)
+        job_done(s, PQgetvalue(r, i, 0));
+    PQclear(r);
+}
+
 static void *listener_main(void *arg)
 {
     struct pg_store *s = arg;
     PGconn *c = s->listen_conn;
     int backoff_ms = 100;
+    int64_t good_db_ms = db_now(c); /* the connection last worked then */
     for (;;) {
         if (c == NULL) {
             if (listener_sleep(s, backoff_ms))
@@ -187,10 +238,10 @@ static void *listener_main(void *arg)
             }
             backoff_ms = 100;
             util_info("postgres: listening for job events again");
-            /* What was notified while we were away is lost: every waiter
-             * looks again, and parked ?wait= requests time out as usual. */
-            jobs_signal(s);
+            catch_up(s, c, good_db_ms);
+            good_db_ms = db_now(c);
         }
+        deliver(s, c);
         struct pollfd pfd[2] = {{.fd = PQsocket(c), .events = POLLIN},
                                 {.fd = s->stop_fd, .events = POLLIN}};
         int n = poll(pfd, 2, 5000);
@@ -201,30 +252,22 @@ static void *listener_main(void *arg)
         if (n == 0) {
             /* Quiet for a while: make sure the connection still works (a
              * dead TCP peer sends nothing). */
-            struct util_error err = {0};
-            if (pg_exec(c, &err, "checking the listening connection", "SELECT 1", "") < 0) {
+            int64_t now = db_now(c);
+            if (now < 0) {
+                util_warn("postgres: the listening connection was lost; reconnecting");
                 PQfinish(c);
                 c = NULL;
+            } else {
+                good_db_ms = now;
             }
             continue;
         }
         if (!PQconsumeInput(c) || PQstatus(c) != CONNECTION_OK) {
+            deliver(s, c); /* what arrived before the loss */
             util_warn("postgres: the listening connection was lost; reconnecting");
             PQfinish(c);
             c = NULL;
-            continue;
         }
-        PGnotify *note;
-        bool ready = false;
-        while ((note = PQnotifies(c)) != NULL) {
-            if (strcmp(note->relname, "job_ready") == 0)
-                ready = true;
-            else if (strcmp(note->relname, "job_done") == 0 && note->extra[0])
-                job_done(s, note->extra);
-            PQfreemem(note);
-        }
-        if (ready)
-            jobs_signal(s);
     }
     if (c)
         PQfinish(c);
@@ -240,49 +283,39 @@ static int pg_migrate(struct store *base, struct util_error *err)
     if (c == NULL)
         return -1;
     int rc = -1;
-    /* One migrator at a time across every machine; the lock goes with the
-     * session if this process dies. */
-    if (pg_exec(c, err, "waiting for the migration lock",
-                "SELECT pg_advisory_lock(" MIGRATE_LOCK_ID ")", "") < 0)
-        goto out;
-    if (pg_exec(c, err, "creating schema_migrations",
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, applied_at bigint NOT NULL)",
-                "") < 0)
-        goto unlock;
+    /* One migrator at a time across every machine: each version's
+     * transaction takes a transaction-level advisory lock first, so the lock
+     * ends with the transaction whatever happens (a session lock could go
+     * back to the pool still held). */
     for (int v = 1; v <= NMIGRATIONS; v++) {
-        if (pg_exec(c, err, "starting a migration", "BEGIN", "") < 0)
-            goto unlock;
+        if (pg_exec(c, err, "starting a migration", "BEGIN", "") < 0 ||
+            pg_exec(c, err, "waiting for the migration lock",
+                    "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_ID ")", "") < 0 ||
+            pg_exec(c, err, "creating schema_migrations",
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, applied_at bigint NOT NULL)",
+                    "") < 0)
+            goto out;
         int have = pg_exec(c, err, "reading schema_migrations",
                            "SELECT 1 FROM schema_migrations WHERE version = $1", "i", (int64_t)v);
         if (have < 0)
-            goto unlock;
+            goto out;
         if (have == 0) {
             if (pg_exec(c, err, "applying a migration", MIGRATIONS[v - 1], "") < 0 ||
                 pg_exec(c, err, "recording a migration",
                         "INSERT INTO schema_migrations (version, applied_at)"
                         " VALUES ($1, " PG_NOW_MS ")",
                         "i", (int64_t)v) < 0)
-                goto unlock;
+                goto out;
         }
         if (pg_exec(c, err, "committing a migration", "COMMIT", "") < 0)
-            goto unlock;
+            goto out;
         if (have == 0)
             util_info("database: schema migrated to version %d", v);
     }
     rc = 0;
-unlock:
-    if (PQtransactionStatus(c) != PQTRANS_IDLE) {
-        PGresult *r = PQexec(c, "ROLLBACK");
-        PQclear(r);
-    }
-    {
-        struct util_error ignored = {0};
-        pg_exec(c, &ignored, "releasing the migration lock",
-                "SELECT pg_advisory_unlock(" MIGRATE_LOCK_ID ")", "");
-    }
 out:
-    pg_release(s->pool, c);
+    pg_release(s->pool, c); /* rolls back what was not committed */
     return rc;
 }
 
@@ -526,6 +559,68 @@ static void pg_variant_touch(struct store *base, const char *image_id, const cha
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Appends t (n bytes) to a PostgreSQL array literal being built, quoted. */
+static void array_add(GString *a, const char *t, size_t n)
+{
+    if (a->len > 1) /* after the opening brace */
+        g_string_append_c(a, ',');
+    g_string_append_c(a, '"');
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] == '"' || t[i] == '\\')
+            g_string_append_c(a, '\\');
+        g_string_append_c(a, t[i]);
+    }
+    g_string_append_c(a, '"');
+}
+
+/* Writes the batched variant touches: sorted, 500 rows a statement, each
+ * statement its own transaction (two processes flushing the same rows then
+ * never hold locks across statements; a batch lost to a deadlock costs
+ * only LRU precision). */
+static int flush_touches(PGconn *c, GHashTable *pending, struct util_error *err)
+{
+    GList *keys = g_list_sort(g_hash_table_get_keys(pending), (GCompareFunc)strcmp);
+    GString *ids = g_string_new("{"), *plans = g_string_new("{"), *uses = g_string_new("{");
+    int rc = 0, rows = 0;
+    for (GList *l = keys;; l = l->next) {
+        if (l) {
+            const char *key = l->data;
+            const char *nl = strchr(key, '\n');
+            if (nl == NULL)
+                continue;
+            array_add(ids, key, (size_t)(nl - key));
+            array_add(plans, nl + 1, strlen(nl + 1));
+            g_string_append_printf(uses, "%s%lld", rows ? "," : "",
+                                   (long long)(intptr_t)g_hash_table_lookup(pending, key) * 1000);
+            rows++;
+        }
+        if (rows > 0 && (l == NULL || rows == 500)) {
+            g_string_append_c(ids, '}');
+            g_string_append_c(plans, '}');
+            g_string_append_c(uses, '}');
+            if (pg_exec(c, err, "flushing variant use",
+                        "UPDATE variants v SET last_used = greatest(v.last_used, t.u)"
+                        " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(i, p, u)"
+                        " WHERE v.image_id = t.i AND v.plan = t.p",
+                        "ttt", ids->str, plans->str, uses->str) < 0)
+                rc = -1;
+            g_string_assign(ids, "{");
+            g_string_assign(plans, "{");
+            g_string_assign(uses, "{");
+            rows = 0;
+            if (rc != 0)
+                break;
+        }
+        if (l == NULL)
+            break;
+    }
+    g_list_free(keys);
+    g_string_free(ids, TRUE);
+    g_string_free(plans, TRUE);
+    g_string_free(uses, TRUE);
+    return rc;
+}
+
 static int pg_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
                            struct util_error *err)
 {
@@ -540,29 +635,8 @@ static int pg_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
     PGconn *c = pg_acquire(s->pool, err);
     if (c == NULL)
         goto done;
-    if (g_hash_table_size(pending) > 0) {
-        if (pg_exec(c, err, "flushing variant use", "BEGIN", "") < 0)
-            goto done;
-        GHashTableIter it;
-        gpointer k, val;
-        g_hash_table_iter_init(&it, pending);
-        while (g_hash_table_iter_next(&it, &k, &val)) {
-            char *key = k;
-            char *nl = strchr(key, '\n');
-            if (nl == NULL)
-                continue;
-            *nl = '\0';
-            int n = pg_exec(c, err, "flushing variant use",
-                            "UPDATE variants SET last_used = greatest(last_used, $3)"
-                            " WHERE image_id = $1 AND plan = $2",
-                            "tti", key, nl + 1, (int64_t)(intptr_t)val * 1000);
-            *nl = '\n';
-            if (n < 0)
-                goto done;
-        }
-        if (pg_exec(c, err, "flushing variant use", "COMMIT", "") < 0)
-            goto done;
-    }
+    if (flush_touches(c, pending, err) != 0)
+        goto done;
     if (max_bytes < 0) {
         out = 0;
         goto done;
@@ -732,7 +806,7 @@ static int pg_job_enqueue(struct store *base, struct store_job *job, const char 
     }
     pg_release(s->pool, c);
     if (rc == 1)
-        rc = util_error_set(err, UTIL_ERR_CONFLICT, "this Idempotency-Key is in use; retry");
+        rc = util_error_set(err, UTIL_ERR_UNAVAILABLE, "this Idempotency-Key is in use; retry");
     if (rc == 0 && !*existing)
         jobs_signal(s);
     return rc;
@@ -1010,10 +1084,16 @@ static int64_t pg_job_next_run_at(struct store *base)
     PGconn *c = pg_acquire(s->pool, &err);
     if (c == NULL)
         return 0;
-    PGresult *r = pg_query(c, &err, "reading the next run time", false,
-                           "SELECT min(run_at) FROM jobs WHERE status = 'queued'", "");
+    /* run_at is on the database's clock; the caller sleeps on its own, so
+     * the answer is converted (a worker whose clock runs ahead must not
+     * poll in a tight loop until the databases's clock catches up). */
+    PGresult *r =
+        pg_query(c, &err, "reading the next run time", false,
+                 "SELECT min(run_at) - " PG_NOW_MS " FROM jobs WHERE status = 'queued'", "");
     pg_release(s->pool, c);
-    int64_t v = r ? pg_int(r, 0, 0) : 0;
+    int64_t v = 0;
+    if (r && !PQgetisnull(r, 0, 0))
+        v = util_now_ms() + pg_int(r, 0, 0);
     PQclear(r);
     return v;
 }

@@ -45,7 +45,7 @@ static const struct flag FLAGS[] = {
     {"blobs", S_DB & ~UTIL_CMD_MIGRATE, F_STRING, OFF(blobs), "fs:./data/blobs", 0, 0,
      "blob storage: fs:PATH (a folder; shared by every process of a fleet) or db (inside "
      "PostgreSQL)"},
-    {"db-connections", S_DB, F_INT, OFF(db_connections), "16", 1, 1000,
+    {"db-connections", S_DB, F_INT, OFF(db_connections), "16", 2, 1000,
      "PostgreSQL connections this process may open (one more listens for job events)"},
     {"variant-cache", S_HTTP, F_ONOFF, OFF(variant_cache), "on", 0, 0,
      "store variants and serve them again (on|off)"},

@@ -104,21 +104,23 @@ static const char *problem_type(enum util_err code)
     }
 }
 
-/* Sleeps ms unless the workers are stopping: false when they are. */
-static bool sleep_unless_stopping(struct worker_jobs *w, int64_t ms)
+/* Sleeps ms, or less once the job is lost (fenced, or the stop deadline
+ * passed): false then. */
+static bool sleep_unless_lost(const struct active *a, int64_t ms)
 {
-    struct timespec ts = util_deadline_in(ms);
-    pthread_mutex_lock(&w->lock);
-    while (!w->stop && pthread_cond_timedwait(&w->cv, &w->lock, &ts) == 0) {
+    for (int64_t end = util_monotonic_ms() + ms; a->lost == 0;) {
+        int64_t left = end - util_monotonic_ms();
+        if (left <= 0)
+            return true;
+        struct timespec ts = {0, (left < 50 ? left : 50) * 1000000L};
+        nanosleep(&ts, NULL);
     }
-    bool go_on = !w->stop;
-    pthread_mutex_unlock(&w->lock);
-    return go_on;
+    return false;
 }
 
 /* Runs the job's plan; on success fills *result (its blob is durable). */
 static int run_job(struct worker_jobs *w, struct store_job *job, struct active *a,
-                   struct store_image *result, struct util_error *err)
+                   struct store_image *result, struct ops_result *out_res, struct util_error *err)
 {
     int rc = -1;
     json_t *spec = NULL;
@@ -179,6 +181,8 @@ static int run_job(struct worker_jobs *w, struct store_job *job, struct active *
     if (blob_put(w->cfg.blobs, result->sha256, res.buf, res.len, err) != 0)
         goto out;
     rc = 0;
+    *out_res = res; /* the caller keeps the bytes until the row is in */
+    res.buf = NULL;
 out:
     json_decref(spec);
     blob_data_free(&src);
@@ -193,23 +197,41 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
     struct util_error err = {0};
     struct store_image result;
     const char *outcome;
-    if (run_job(w, job, a, &result, &err) == 0) {
+    struct ops_result res = {0};
+    if (run_job(w, job, a, &result, &res, &err) == 0) {
         struct util_error cerr = {0};
         int crc = store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr);
         /* The work is done and its blob durable: a database that is away
          * for a moment (a restart, a fail-over) should not cost the job an
-         * attempt. Completing is fenced, so trying again is safe; the lease
-         * bounds how long (then the sweeper gives the job to another). */
-        for (int64_t pause = 250, waited = 0;
-             crc != 0 && cerr.code == UTIL_ERR_UNAVAILABLE && waited + pause < w->cfg.lease_ms / 2;
-             waited += pause, pause *= 2) {
-            if (!sleep_unless_stopping(w, pause))
+         * attempt. Completing is fenced, so trying again is safe; half the
+         * lease bounds it (the heartbeat keeps the lease meanwhile), and a
+         * lost lease or the stop deadline ends it. */
+        int64_t deadline = util_monotonic_ms() + w->cfg.lease_ms / 2;
+        for (int64_t pause = 250; crc != 0 && cerr.code == UTIL_ERR_UNAVAILABLE &&
+                                  util_monotonic_ms() + pause < deadline;
+             pause *= 2) {
+            if (!sleep_unless_lost(a, pause))
                 break;
             memset(&cerr, 0, sizeof(cerr));
             crc = store_job_complete(w->cfg.store, job->id, owner, job->attempts, &result, &cerr);
         }
         if (crc == 0) {
             outcome = "succeeded";
+            /* Like an upload (DESIGN §5): the blob must outlive its row. A
+             * sweep that ran while the row was not in yet (a long outage,
+             * a short --blob-grace) may have taken it: write it again. */
+            bool exists = true;
+            struct util_error berr = {0};
+            if (blob_exists(w->cfg.blobs, result.sha256, &exists, &berr) == 0 && !exists &&
+                blob_put(w->cfg.blobs, result.sha256, res.buf, res.len, &berr) != 0)
+                util_error("job %s: its result's bytes are missing and could not be written "
+                           "again: %s",
+                           job->id, berr.detail);
+        } else if (a->lost == 2 && cerr.code != UTIL_ERR_CONFLICT) {
+            /* The stop deadline passed while the database was away. */
+            struct util_error ferr = {0};
+            store_job_release(w->cfg.store, job->id, owner, job->attempts, &ferr);
+            outcome = "released";
         } else if (cerr.code == UTIL_ERR_CONFLICT) {
             /* Fenced: canceled or taken over. Its blob is left to the sweeper. */
             outcome = "fenced";
@@ -241,6 +263,7 @@ static void process(struct worker_jobs *w, struct active *a, struct store_job *j
         outcome = retry && job->attempts < job->max_attempts ? "retried" : "failed";
         util_info("job %s attempt %d: %s (%s)", job->id, job->attempts, err.detail, outcome);
     }
+    g_free(res.buf);
     char labels[48];
     snprintf(labels, sizeof(labels), "outcome=\"%s\"", outcome);
     util_metrics_counter_add("image_server_job_attempts_total", labels, 1);

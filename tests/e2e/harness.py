@@ -309,10 +309,35 @@ class Server:
     def blobs_dir(self):
         return os.path.join(self.data_dir, 'blobs')
 
+    def database(self):
+        """sqlite:DATA/image-server.db, or with IMAGE_SERVER_E2E_DATABASE=pg a
+        PostgreSQL database of this data folder's own (made on first use in
+        the cluster of scripts/with-postgres), so the same tests run `serve`
+        on both backends."""
+        if os.environ.get('IMAGE_SERVER_E2E_DATABASE') != 'pg':
+            return 'sqlite:%s' % os.path.join(self.data_dir, 'image-server.db')
+        marker = os.path.join(self.data_dir, 'pg-url')
+        if os.path.exists(marker):
+            return open(marker).read().strip()
+        base = os.environ.get('IMAGE_SERVER_TEST_PG_URL')
+        psql = os.path.join(os.environ.get('IMAGE_SERVER_TEST_PG_BINDIR', ''), 'psql')
+        assert base, 'IMAGE_SERVER_E2E_DATABASE=pg needs scripts/with-postgres'
+        import uuid
+        name = 'e2e_' + uuid.uuid4().hex[:16]
+        r = subprocess.run([psql, '-X', '-q', '-d', base, '-c', 'CREATE DATABASE ' + name],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        assert r.returncode == 0, r.stdout.decode()
+        import urllib.parse
+        u = urllib.parse.urlsplit(base)
+        url = urllib.parse.urlunsplit((u.scheme, u.netloc, '/' + name, u.query, ''))
+        with open(marker, 'w') as f:
+            f.write(url)
+        return url
+
     def args(self, port):
         return [self.binary, 'serve',
                 '--listen', '127.0.0.1:%d' % port,
-                '--database', 'sqlite:%s' % os.path.join(self.data_dir, 'image-server.db'),
+                '--database', self.database(),
                 '--blobs', 'fs:%s' % self.blobs_dir] + self.extra_args
 
     def start(self):
