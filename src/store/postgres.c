@@ -27,6 +27,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "store/local.h"
 #include "store/pg.h"
 #include "store/store.h"
 
@@ -36,13 +37,7 @@
 struct pg_store {
     struct store base;
     struct pg_pool *pool;
-    pthread_mutex_t lock;      /* guards what follows */
-    pthread_cond_t cv;         /* jobs_gen changed, or done_running reached 0 */
-    uint64_t jobs_gen;         /* bumped with every "a job may be ready" */
-    GHashTable *touched;       /* "image_id\nplan" -> last use (s), not yet written */
-    store_job_done_fn done_fn; /* finished-job callback */
-    void *done_arg;
-    int done_running; /* calls of it in progress */
+    struct store_local local; /* job signals, the done callback, touches */
     /* the LISTEN thread */
     pthread_t listener;
     bool listener_started;
@@ -128,27 +123,12 @@ static const char *const MIGRATIONS[] = {
 
 static void jobs_signal(struct pg_store *s)
 {
-    pthread_mutex_lock(&s->lock);
-    s->jobs_gen++;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->lock);
+    store_local_signal(&s->local);
 }
 
 static void job_done(struct pg_store *s, const char *id)
 {
-    pthread_mutex_lock(&s->lock);
-    store_job_done_fn fn = s->done_fn;
-    void *arg = s->done_arg;
-    if (fn)
-        s->done_running++;
-    pthread_mutex_unlock(&s->lock);
-    if (fn == NULL)
-        return;
-    fn(id, arg);
-    pthread_mutex_lock(&s->lock);
-    if (--s->done_running == 0)
-        pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->lock);
+    store_local_done(&s->local, id);
 }
 
 /* The database's clock now, or -1. Also delivers what arrived with it. */
@@ -547,16 +527,7 @@ static int pg_variant_put(struct store *base, const struct store_variant *v, str
 static void pg_variant_touch(struct store *base, const char *image_id, const char *plan,
                              int64_t now_ms)
 {
-    struct pg_store *s = S(base);
-    char *key = g_strdup_printf("%s\n%s", image_id, plan);
-    pthread_mutex_lock(&s->lock);
-    /* Bounded, like the SQLite backend: LRU order only needs to be
-     * roughly right. */
-    if (g_hash_table_size(s->touched) < 100000)
-        g_hash_table_replace(s->touched, key, (gpointer)(intptr_t)(now_ms / 1000));
-    else
-        g_free(key);
-    pthread_mutex_unlock(&s->lock);
+    store_local_touch(&S(base)->local, image_id, plan, now_ms);
 }
 
 /* Appends t (n bytes) to a PostgreSQL array literal being built, quoted. */
@@ -626,10 +597,7 @@ static int pg_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
 {
     struct pg_store *s = S(base);
     *evicted = 0;
-    pthread_mutex_lock(&s->lock);
-    GHashTable *pending = s->touched;
-    s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    pthread_mutex_unlock(&s->lock);
+    GHashTable *pending = store_local_take_touches(&s->local);
 
     int out = -1;
     PGconn *c = pg_acquire(s->pool, err);
@@ -1122,23 +1090,12 @@ static int pg_job_counts(struct store *base, int64_t counts[5], struct util_erro
 
 static uint64_t pg_job_signals(struct store *base)
 {
-    struct pg_store *s = S(base);
-    pthread_mutex_lock(&s->lock);
-    uint64_t gen = s->jobs_gen;
-    pthread_mutex_unlock(&s->lock);
-    return gen;
+    return store_local_signals(&S(base)->local);
 }
 
 static void pg_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
 {
-    struct pg_store *s = S(base);
-    struct timespec ts = util_deadline_in(timeout_ms);
-    pthread_mutex_lock(&s->lock);
-    while (s->jobs_gen == seen) {
-        if (pthread_cond_timedwait(&s->cv, &s->lock, &ts) != 0)
-            break;
-    }
-    pthread_mutex_unlock(&s->lock);
+    store_local_wait(&S(base)->local, seen, timeout_ms);
 }
 
 static void pg_job_wake(struct store *base)
@@ -1148,13 +1105,7 @@ static void pg_job_wake(struct store *base)
 
 static void pg_on_job_done(struct store *base, store_job_done_fn fn, void *arg)
 {
-    struct pg_store *s = S(base);
-    pthread_mutex_lock(&s->lock);
-    s->done_fn = fn;
-    s->done_arg = arg;
-    while (s->done_running > 0)
-        pthread_cond_wait(&s->cv, &s->lock);
-    pthread_mutex_unlock(&s->lock);
+    store_local_on_done(&S(base)->local, fn, arg);
 }
 
 static void pg_close(struct store *base)
@@ -1171,10 +1122,7 @@ static void pg_close(struct store *base)
     if (s->stop_fd >= 0)
         close(s->stop_fd);
     pg_pool_free(s->pool);
-    if (s->touched)
-        g_hash_table_destroy(s->touched);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->lock);
+    store_local_destroy(&s->local);
     free(s);
 }
 
@@ -1221,9 +1169,7 @@ struct store *store_postgres_open(const char *url, int max_connections, struct u
     }
     s->base.ops = &PG_OPS;
     s->stop_fd = -1;
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cv, NULL);
-    s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    store_local_init(&s->local);
     s->pool = pg_pool_new(url, max_connections, err);
     if (s->pool == NULL)
         goto fail;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "store/local.h"
 #include "store/store.h"
 
 #define POOL_MAX 16
@@ -24,15 +25,10 @@
 struct sqlite_store {
     struct store base;
     char *path;              /* database file */
-    pthread_mutex_t lock;    /* guards idle[] and touched */
+    pthread_mutex_t lock;    /* guards idle[] */
     sqlite3 *idle[POOL_MAX]; /* connections not in use */
     int nidle;
-    GHashTable *touched;       /* "image_id\nplan" -> last use (ms), not yet written */
-    pthread_cond_t jobs_cv;    /* signalled (under lock) when a job may be ready */
-    uint64_t jobs_gen;         /* bumped with every signal */
-    store_job_done_fn done_fn; /* finished-job callback */
-    int done_running;          /* calls of the callback in progress */
-    void *done_arg;
+    struct store_local local; /* job signals, the done callback, touches */
 };
 
 /* Schema versions, applied in order, each in its own transaction. */
@@ -510,16 +506,7 @@ static int sq_variant_put(struct store *base, const struct store_variant *v, str
 static void sq_variant_touch(struct store *base, const char *image_id, const char *plan,
                              int64_t now_ms)
 {
-    struct sqlite_store *s = (struct sqlite_store *)base;
-    char *key = g_strdup_printf("%s\n%s", image_id, plan);
-    pthread_mutex_lock(&s->lock);
-    /* Bounded: past this many pending touches, newer ones are dropped until
-     * the next flush; LRU order only needs to be roughly right. */
-    if (g_hash_table_size(s->touched) < 100000)
-        g_hash_table_replace(s->touched, key, (gpointer)(intptr_t)(now_ms / 1000));
-    else
-        g_free(key);
-    pthread_mutex_unlock(&s->lock);
+    store_local_touch(&((struct sqlite_store *)base)->local, image_id, plan, now_ms);
 }
 
 static int sq_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
@@ -527,10 +514,7 @@ static int sq_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     *evicted = 0;
-    pthread_mutex_lock(&s->lock);
-    GHashTable *pending = s->touched;
-    s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    pthread_mutex_unlock(&s->lock);
+    GHashTable *pending = store_local_take_touches(&s->local);
 
     sqlite3 *db = acquire(s, err);
     int out = -1;
@@ -662,32 +646,6 @@ static void read_job(sqlite3_stmt *st, struct store_job *j)
     j->finished_at_ms = sqlite3_column_int64(st, 15);
 }
 
-/* Wakes in-process waiters (caller must not hold s->lock). */
-static void jobs_signal(struct sqlite_store *s)
-{
-    pthread_mutex_lock(&s->lock);
-    s->jobs_gen++;
-    pthread_cond_broadcast(&s->jobs_cv);
-    pthread_mutex_unlock(&s->lock);
-}
-
-static void job_done(struct sqlite_store *s, const char *id)
-{
-    pthread_mutex_lock(&s->lock);
-    store_job_done_fn fn = s->done_fn;
-    void *arg = s->done_arg;
-    if (fn)
-        s->done_running++;
-    pthread_mutex_unlock(&s->lock);
-    if (fn == NULL)
-        return;
-    fn(id, arg);
-    pthread_mutex_lock(&s->lock);
-    if (--s->done_running == 0)
-        pthread_cond_broadcast(&s->jobs_cv);
-    pthread_mutex_unlock(&s->lock);
-}
-
 /* Reads one job by id on an open connection: 0, 1 when absent, -1 on error. */
 static int job_read(sqlite3 *db, const char *id, struct store_job *out, struct util_error *err)
 {
@@ -807,7 +765,7 @@ static int sq_job_enqueue(struct store *base, struct store_job *job, const char 
     if (exec(db, "COMMIT", err, "queueing a job") != 0)
         goto done;
     out = 0;
-    jobs_signal(s);
+    store_local_signal(&s->local);
 done:
     sqlite3_finalize(st);
     release(s, db);
@@ -973,7 +931,7 @@ static int sq_job_complete(struct store *base, const char *id, const char *owner
 done:
     release(s, db);
     if (out == 0)
-        job_done(s, id);
+        store_local_done(&s->local, id);
     return out;
 }
 
@@ -1018,9 +976,9 @@ static int sq_job_fail(struct store *base, const char *id, const char *owner, in
     release(s, db);
     if (out == 0) {
         if (final)
-            job_done(s, id);
+            store_local_done(&s->local, id);
         else
-            jobs_signal(s);
+            store_local_signal(&s->local);
     }
     return out;
 }
@@ -1044,7 +1002,7 @@ static int sq_job_release(struct store *base, const char *id, const char *owner,
         return -1;
     if (n == 0)
         return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
-    jobs_signal(s);
+    store_local_signal(&s->local);
     return 0;
 }
 
@@ -1077,7 +1035,7 @@ static int sq_job_cancel(struct store *base, const char *id, struct store_job *o
     }
     release(s, db);
     if (rc == 0)
-        job_done(s, id);
+        store_local_done(&s->local, id);
     return rc;
 }
 
@@ -1132,9 +1090,9 @@ done:
     release(s, db);
     if (out == 0) {
         if (*requeued > 0)
-            jobs_signal(s);
+            store_local_signal(&s->local);
         for (guint i = 0; i < finals->len; i++)
-            job_done(s, g_ptr_array_index(finals, i));
+            store_local_done(&s->local, g_ptr_array_index(finals, i));
     }
     g_ptr_array_free(finals, TRUE);
     return out;
@@ -1197,48 +1155,28 @@ static int sq_job_counts(struct store *base, int64_t counts[5], struct util_erro
 
 static uint64_t sq_job_signals(struct store *base)
 {
-    struct sqlite_store *s = (struct sqlite_store *)base;
-    pthread_mutex_lock(&s->lock);
-    uint64_t gen = s->jobs_gen;
-    pthread_mutex_unlock(&s->lock);
-    return gen;
+    return store_local_signals(&((struct sqlite_store *)base)->local);
 }
 
 static void sq_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
 {
-    struct sqlite_store *s = (struct sqlite_store *)base;
-    struct timespec ts = util_deadline_in(timeout_ms);
-    pthread_mutex_lock(&s->lock);
-    while (s->jobs_gen == seen) {
-        if (pthread_cond_timedwait(&s->jobs_cv, &s->lock, &ts) != 0)
-            break;
-    }
-    pthread_mutex_unlock(&s->lock);
+    store_local_wait(&((struct sqlite_store *)base)->local, seen, timeout_ms);
 }
 
 static void sq_job_wake(struct store *base)
 {
-    jobs_signal((struct sqlite_store *)base);
+    store_local_signal(&((struct sqlite_store *)base)->local);
 }
 
 static void sq_on_job_done(struct store *base, store_job_done_fn fn, void *arg)
 {
-    struct sqlite_store *s = (struct sqlite_store *)base;
-    pthread_mutex_lock(&s->lock);
-    s->done_fn = fn;
-    s->done_arg = arg;
-    /* Once this returns, no call to the old callback is still running:
-     * its argument may be freed. */
-    while (s->done_running > 0)
-        pthread_cond_wait(&s->jobs_cv, &s->lock);
-    pthread_mutex_unlock(&s->lock);
+    store_local_on_done(&((struct sqlite_store *)base)->local, fn, arg);
 }
 
 static void sq_close(struct store *base)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
-    g_hash_table_destroy(s->touched);
-    pthread_cond_destroy(&s->jobs_cv);
+    store_local_destroy(&s->local);
     for (int i = 0; i < s->nidle; i++)
         sqlite3_close(s->idle[i]);
     pthread_mutex_destroy(&s->lock);
@@ -1289,9 +1227,8 @@ struct store *store_sqlite_open(const char *path, struct util_error *err)
     }
     s->base.ops = &SQLITE_OPS;
     s->path = strdup(path);
-    s->touched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    store_local_init(&s->local);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->jobs_cv, NULL);
     /* Open one connection now so a bad path fails at start, not later. */
     sqlite3 *db = conn_open(s, err);
     if (db == NULL) {

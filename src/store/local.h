@@ -1,0 +1,42 @@
+/*
+ * What every store backend keeps in the process, whatever the database:
+ * the "a job may be ready" signal counter that workers sleep on, the
+ * finished-job callback, and the batch of variant cache touches not yet
+ * written. sqlite.c and postgres.c each embed one. Thread-safe.
+ */
+#ifndef STORE_LOCAL_H
+#define STORE_LOCAL_H
+
+#include <glib.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+struct store_local {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;         /* gen changed, or done_running reached 0 */
+    uint64_t gen;              /* bumped with every signal */
+    store_job_done_fn done_fn; /* finished-job callback */
+    void *done_arg;
+    int done_running;    /* calls of it in progress */
+    GHashTable *touched; /* "image_id\nplan" -> last use (s), not yet written */
+};
+
+void store_local_init(struct store_local *l);
+void store_local_destroy(struct store_local *l);
+/* Wakes every store_local_wait (store_job_signals, store_job_wait). */
+void store_local_signal(struct store_local *l);
+uint64_t store_local_signals(struct store_local *l);
+void store_local_wait(struct store_local *l, uint64_t seen, int64_t timeout_ms);
+/* Calls the finished-job callback, if any (store_on_job_done). */
+void store_local_done(struct store_local *l, const char *job_id);
+void store_local_on_done(struct store_local *l, store_job_done_fn fn, void *arg);
+/* Notes a variant served (store_variant_touch); bounded. */
+void store_local_touch(struct store_local *l, const char *image_id, const char *plan,
+                       int64_t now_ms);
+/* Takes the pending touches ("image_id\nplan" -> seconds since the epoch);
+ * the caller destroys the table. */
+GHashTable *store_local_take_touches(struct store_local *l);
+
+#endif
