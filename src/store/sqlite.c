@@ -1026,10 +1026,7 @@ static int sq_job_cancel(struct store *base, const char *id, struct store_job *o
         if (r == 1)
             util_error_set(err, UTIL_ERR_NOT_FOUND, "no job has the id '%.40s'", id);
         else if (r == 0 && n == 0)
-            util_error_set(err, UTIL_ERR_CONFLICT, "the job has already %s",
-                           out->status == STORE_JOB_SUCCEEDED ? "succeeded"
-                           : out->status == STORE_JOB_FAILED  ? "failed"
-                                                              : "been canceled");
+            store_job_cancel_refused(out, err);
         else if (r == 0)
             rc = 0;
     }

@@ -185,3 +185,11 @@ int store_job_release(struct store *s, const char *id, const char *owner, int at
 {
     return s->ops->job_release(s, id, owner, attempt, err);
 }
+
+int store_job_cancel_refused(const struct store_job *job, struct util_error *err)
+{
+    return util_error_set(err, UTIL_ERR_CONFLICT, "the job has already %s",
+                          job->status == STORE_JOB_SUCCEEDED ? "succeeded"
+                          : job->status == STORE_JOB_FAILED  ? "failed"
+                                                             : "been canceled");
+}
