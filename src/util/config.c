@@ -100,8 +100,8 @@ static const struct flag FLAGS[] = {
      "10GiB", 0, BIG, "variant bytes kept; the least recently used are evicted past it"},
     {"blob-grace", S_DB, F_DURATION, OFF(blob_grace_ms), "1h", 0, BIG,
      "age before an unreferenced blob is collected"},
-    {"sweep-interval", S_SERVE | UTIL_CMD_WORKER, F_DURATION, OFF(sweep_interval_ms), "5s", 10, BIG,
-     "how often the sweeper runs"},
+    {"sweep-interval", S_HTTP | UTIL_CMD_WORKER, F_DURATION, OFF(sweep_interval_ms), "5s", 10, BIG,
+     "how often the sweeper runs (api: how often it writes which variants it served)"},
 };
 #define NFLAGS (sizeof(FLAGS) / sizeof(FLAGS[0]))
 

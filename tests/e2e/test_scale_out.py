@@ -93,7 +93,7 @@ def fleet_run(blobs_kind, njobs, kill_one):
         blobs = 'fs:%s' % os.path.join(harness.mkdtemp('image-server-shared-'), 'blobs')
     # Short leases and sweeps so the killed worker's job comes back soon.
     wargs = ['--workers', '1', '--lease', '2s', '--sweep-interval', '200ms']
-    apis = [Api(url, blobs), Api(url, blobs)]
+    apis = [Api(url, blobs, ['--sweep-interval', '200ms']) for _ in range(2)]
     workers = [Worker(url, blobs, wargs) for _ in range(3)]
 
     # One image through API 0, read through API 1.
@@ -103,13 +103,20 @@ def fleet_run(blobs_kind, njobs, kill_one):
     assert st == 200 and b == src, 'download via the other API: %s' % describe(st, h, b)
     info = apis[1].get_json('/v1/images/%s/info' % img['id'])
     assert (info['width'], info['height']) == (640, 427), info
-    # A variant made by one API is served by the other from the cache.
+    # A variant made by one API is served by the other from the cache, and
+    # that API writes down the use (its light sweeper), so the workers'
+    # sweepers evict by real use.
     st, h, v1 = apis[0].get('/v1/images/%s?w=100&format=png' % img['id'])
     assert st == 200, describe(st, h, v1)
+    time.sleep(1.1)   # last_used has a resolution of one second
     st, h, v2 = apis[1].get('/v1/images/%s?w=100&format=png' % img['id'])
     assert st == 200 and v1 == v2, describe(st, h, v2)
     p = harness.decode_check(v2, '.png')
     assert (p['width'], p['height']) == (100, 67), p
+    assert psql(url, 'SELECT count(*) FROM variants') == '1'
+    assert harness.wait_until(lambda: psql(
+        url, 'SELECT count(*) FROM variants WHERE last_used > created_at') == '1', 10, 0.1), \
+        'the cache hit on API 1 was not written down'
 
     jobs = []
     t0 = time.monotonic()
