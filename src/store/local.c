@@ -12,7 +12,9 @@ void store_local_init(struct store_local *l)
 {
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->cv, NULL);
+    pthread_cond_init(&l->done_cv, NULL);
     l->gen = 0;
+    l->tickets = 0;
     l->done_fn = NULL;
     l->done_arg = NULL;
     l->done_running = 0;
@@ -25,6 +27,7 @@ void store_local_destroy(struct store_local *l)
         g_hash_table_destroy(l->touched);
     l->touched = NULL;
     pthread_cond_destroy(&l->cv);
+    pthread_cond_destroy(&l->done_cv);
     pthread_mutex_destroy(&l->lock);
 }
 
@@ -33,6 +36,19 @@ void store_local_signal(struct store_local *l)
     pthread_mutex_lock(&l->lock);
     l->gen++;
     pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->lock);
+}
+
+/* Tickets kept for waiters that are not waiting yet (a worker between its
+ * claim and its wait): a few are enough, the claim chain does the rest. */
+#define MAX_TICKETS 16
+
+void store_local_ready(struct store_local *l)
+{
+    pthread_mutex_lock(&l->lock);
+    if (l->tickets < MAX_TICKETS)
+        l->tickets++;
+    pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->lock);
 }
 
@@ -49,6 +65,10 @@ void store_local_wait(struct store_local *l, uint64_t seen, int64_t timeout_ms)
     struct timespec ts = util_deadline_in(timeout_ms);
     pthread_mutex_lock(&l->lock);
     while (l->gen == seen) {
+        if (l->tickets > 0) {
+            l->tickets--;
+            break;
+        }
         if (pthread_cond_timedwait(&l->cv, &l->lock, &ts) != 0)
             break;
     }
@@ -68,7 +88,7 @@ void store_local_done(struct store_local *l, const char *job_id)
     fn(job_id, arg);
     pthread_mutex_lock(&l->lock);
     if (--l->done_running == 0)
-        pthread_cond_broadcast(&l->cv);
+        pthread_cond_broadcast(&l->done_cv);
     pthread_mutex_unlock(&l->lock);
 }
 
@@ -80,7 +100,7 @@ void store_local_on_done(struct store_local *l, store_job_done_fn fn, void *arg)
     /* Once this returns, no call to the old callback is still running:
      * its argument may be freed. */
     while (l->done_running > 0)
-        pthread_cond_wait(&l->cv, &l->lock);
+        pthread_cond_wait(&l->done_cv, &l->lock);
     pthread_mutex_unlock(&l->lock);
 }
 

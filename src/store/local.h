@@ -15,8 +15,10 @@
 
 struct store_local {
     pthread_mutex_t lock;
-    pthread_cond_t cv;         /* gen changed, or done_running reached 0 */
-    uint64_t gen;              /* bumped with every signal */
+    pthread_cond_t cv;         /* gen changed, or a ticket came */
+    pthread_cond_t done_cv;    /* done_running reached 0 */
+    uint64_t gen;              /* bumped with every signal to all */
+    int tickets;               /* "one job may be ready": each wakes one waiter */
     store_job_done_fn done_fn; /* finished-job callback */
     void *done_arg;
     int done_running;    /* calls of it in progress */
@@ -25,9 +27,16 @@ struct store_local {
 
 void store_local_init(struct store_local *l);
 void store_local_destroy(struct store_local *l);
-/* Wakes every store_local_wait (store_job_signals, store_job_wait). */
+/* Wakes every store_local_wait (store_job_wake, a lost notification). */
 void store_local_signal(struct store_local *l);
+/* Wakes one store_local_wait: a job may be ready (an enqueue, a release, a
+ * notification). The backends call it again after each successful claim,
+ * so a burst of jobs wakes idle workers one by one, as long as there is
+ * work, instead of waking them all to find one job. */
+void store_local_ready(struct store_local *l);
 uint64_t store_local_signals(struct store_local *l);
+/* Sleeps until a signal to all after `seen`, a ticket of store_local_ready
+ * (taken), or timeout_ms. */
 void store_local_wait(struct store_local *l, uint64_t seen, int64_t timeout_ms);
 /* Calls the finished-job callback, if any (store_on_job_done). */
 void store_local_done(struct store_local *l, const char *job_id);

@@ -121,9 +121,10 @@ static const char *const MIGRATIONS[] = {
 
 /* ---- signals and callbacks ------------------------------------------------ */
 
+/* A job may be ready: one idle worker of this process looks (local.h). */
 static void jobs_signal(struct pg_store *s)
 {
-    store_local_signal(&s->local);
+    store_local_ready(&s->local);
 }
 
 static void job_done(struct pg_store *s, const char *id)
@@ -186,7 +187,7 @@ static void deliver(struct pg_store *s, PGconn *c)
  * twice is harmless: it only wakes ?wait= requests). */
 static void catch_up(struct pg_store *s, PGconn *c, int64_t since_db_ms)
 {
-    jobs_signal(s);
+    store_local_signal(&s->local);
     if (since_db_ms <= 0)
         return;
     struct util_error err = {0};
@@ -848,6 +849,8 @@ static int pg_job_claim(struct store *base, const char *owner, int64_t lease_ms,
     if (PQntuples(r) == 1) {
         read_job(r, 0, out);
         *got = true;
+        /* There may be more: the next idle worker looks (local.h). */
+        jobs_signal(s);
     }
     PQclear(r);
     return 0;
@@ -1097,7 +1100,7 @@ static void pg_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
 
 static void pg_job_wake(struct store *base)
 {
-    jobs_signal(S(base));
+    store_local_signal(&S(base)->local);
 }
 
 static void pg_on_job_done(struct store *base, store_job_done_fn fn, void *arg)

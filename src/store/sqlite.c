@@ -765,7 +765,7 @@ static int sq_job_enqueue(struct store *base, struct store_job *job, const char 
     if (exec(db, "COMMIT", err, "queueing a job") != 0)
         goto done;
     out = 0;
-    store_local_signal(&s->local);
+    store_local_ready(&s->local);
 done:
     sqlite3_finalize(st);
     release(s, db);
@@ -869,6 +869,8 @@ static int sq_job_claim(struct store *base, const char *owner, int64_t lease_ms,
     }
     *got = true;
     rc_out = 0;
+    /* There may be more: the next idle worker looks (local.h). */
+    store_local_ready(&s->local);
 done:
     sqlite3_finalize(st);
     release(s, db);
@@ -978,7 +980,7 @@ static int sq_job_fail(struct store *base, const char *id, const char *owner, in
         if (final)
             store_local_done(&s->local, id);
         else
-            store_local_signal(&s->local);
+            store_local_ready(&s->local);
     }
     return out;
 }
@@ -1002,7 +1004,7 @@ static int sq_job_release(struct store *base, const char *id, const char *owner,
         return -1;
     if (n == 0)
         return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
-    store_local_signal(&s->local);
+    store_local_ready(&s->local);
     return 0;
 }
 
@@ -1087,7 +1089,7 @@ done:
     release(s, db);
     if (out == 0) {
         if (*requeued > 0)
-            store_local_signal(&s->local);
+            store_local_ready(&s->local);
         for (guint i = 0; i < finals->len; i++)
             store_local_done(&s->local, g_ptr_array_index(finals, i));
     }
