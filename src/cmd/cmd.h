@@ -24,9 +24,10 @@ int cmd_need_postgres(const struct util_config *cfg, const char *name, int argc,
                       int argi);
 
 /* What cmd_run starts (run.c). */
-#define CMD_RUN_API  1u /* the HTTP API */
-#define CMD_RUN_JOBS 2u /* job workers and the sweeper (with /healthz, /metrics alone if no API)   \
-                         */
+#define CMD_RUN_API 1u /* the HTTP API */
+#define CMD_RUN_JOBS                                                                               \
+    2u /* job workers and the sweeper (with /healthz, /metrics alone if no API)                    \
+        */
 #define CMD_RUN_MIGRATE 4u /* create or upgrade the schema first (else only check it) */
 /* Runs until SIGTERM or SIGINT, then stops gracefully. The exit status. */
 int cmd_run(struct util_config *cfg, unsigned what, const char *name, const char *argv0);
