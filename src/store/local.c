@@ -1,34 +1,48 @@
 /* The in-process part of every store backend (local.h). */
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "store/local.h"
+
+struct store_local {
+    pthread_mutex_t lock;
+    pthread_cond_t cv;         /* gen changed, or a ticket came */
+    pthread_cond_t done_cv;    /* done_running reached 0 */
+    uint64_t gen;              /* bumped with every signal to all */
+    int tickets;               /* "one job may be ready": each wakes one waiter */
+    store_job_done_fn done_fn; /* finished-job callback */
+    void *done_arg;
+    int done_running;    /* calls of it in progress */
+    GHashTable *touched; /* "image_id\nplan" -> last use (s), not yet written */
+};
 
 static GHashTable *new_touches(void)
 {
     return g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 }
 
-void store_local_init(struct store_local *l)
+struct store_local *store_local_new(void)
 {
+    struct store_local *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return NULL;
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->cv, NULL);
     pthread_cond_init(&l->done_cv, NULL);
-    l->gen = 0;
-    l->tickets = 0;
-    l->done_fn = NULL;
-    l->done_arg = NULL;
-    l->done_running = 0;
     l->touched = new_touches();
+    return l;
 }
 
-void store_local_destroy(struct store_local *l)
+void store_local_free(struct store_local *l)
 {
-    if (l->touched)
-        g_hash_table_destroy(l->touched);
-    l->touched = NULL;
+    if (l == NULL)
+        return;
+    g_hash_table_destroy(l->touched);
     pthread_cond_destroy(&l->cv);
     pthread_cond_destroy(&l->done_cv);
     pthread_mutex_destroy(&l->lock);
+    free(l);
 }
 
 void store_local_signal(struct store_local *l)

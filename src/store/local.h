@@ -2,35 +2,23 @@
  * What every store backend keeps in the process, whatever the database:
  * the "a job may be ready" signal counter that workers sleep on, the
  * finished-job callback, and the batch of variant cache touches not yet
- * written. sqlite.c and postgres.c each embed one. Thread-safe.
+ * written. Every store has one (struct store's `local`): store.c serves the
+ * calls that need nothing else, the backends signal it. Thread-safe.
  */
 #ifndef STORE_LOCAL_H
 #define STORE_LOCAL_H
 
 #include <glib.h>
-#include <pthread.h>
 #include <stdint.h>
 
 #include "store/store.h"
 
-struct store_local {
-    pthread_mutex_t lock;
-    pthread_cond_t cv;         /* gen changed, or a ticket came */
-    pthread_cond_t done_cv;    /* done_running reached 0 */
-    uint64_t gen;              /* bumped with every signal to all */
-    int tickets;               /* "one job may be ready": each wakes one waiter */
-    store_job_done_fn done_fn; /* finished-job callback */
-    void *done_arg;
-    int done_running;    /* calls of it in progress */
-    GHashTable *touched; /* "image_id\nplan" -> last use (s), not yet written */
-};
-
-void store_local_init(struct store_local *l);
-void store_local_destroy(struct store_local *l);
+struct store_local *store_local_new(void);
+void store_local_free(struct store_local *l);
 /* Wakes every store_local_wait (store_job_wake, a lost notification). */
 void store_local_signal(struct store_local *l);
 /* Wakes one store_local_wait: a job may be ready (an enqueue, a release, a
- * notification). The backends call it again after each successful claim,
+ * notification). store_job_claim calls it again after each successful claim,
  * so a burst of jobs wakes idle workers one by one, as long as there is
  * work, instead of waking them all to find one job. */
 void store_local_ready(struct store_local *l);

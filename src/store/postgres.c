@@ -37,7 +37,6 @@
 struct pg_store {
     struct store base;
     struct pg_pool *pool;
-    struct store_local local; /* job signals, the done callback, touches */
     /* the LISTEN thread */
     pthread_t listener;
     bool listener_started;
@@ -121,17 +120,6 @@ static const char *const MIGRATIONS[] = {
 
 /* ---- signals and callbacks ------------------------------------------------ */
 
-/* A job may be ready: one idle worker of this process looks (local.h). */
-static void jobs_signal(struct pg_store *s)
-{
-    store_local_ready(&s->local);
-}
-
-static void job_done(struct pg_store *s, const char *id)
-{
-    store_local_done(&s->local, id);
-}
-
 /* The database's clock now, or -1. Also delivers what arrived with it. */
 static int64_t db_now(PGconn *c)
 {
@@ -174,11 +162,11 @@ static void deliver(struct pg_store *s, PGconn *c)
         if (strcmp(note->relname, "job_ready") == 0)
             ready = true;
         else if (strcmp(note->relname, "job_done") == 0 && note->extra[0])
-            job_done(s, note->extra);
+            store_local_done(s->base.local, note->extra);
         PQfreemem(note);
     }
     if (ready)
-        jobs_signal(s);
+        store_local_ready(s->base.local);
 }
 
 /* After a reconnection: what was notified while we were away is lost.
@@ -187,7 +175,7 @@ static void deliver(struct pg_store *s, PGconn *c)
  * twice is harmless: it only wakes ?wait= requests). */
 static void catch_up(struct pg_store *s, PGconn *c, int64_t since_db_ms)
 {
-    store_local_signal(&s->local);
+    store_local_signal(s->base.local);
     if (since_db_ms <= 0)
         return;
     struct util_error err = {0};
@@ -197,7 +185,7 @@ static void catch_up(struct pg_store *s, PGconn *c, int64_t since_db_ms)
     if (r == NULL)
         return;
     for (int i = 0; i < PQntuples(r); i++)
-        job_done(s, PQgetvalue(r, i, 0));
+        store_local_done(s->base.local, PQgetvalue(r, i, 0));
     PQclear(r);
 }
 
@@ -525,12 +513,6 @@ static int pg_variant_put(struct store *base, const struct store_variant *v, str
     return n < 0 ? -1 : 0;
 }
 
-static void pg_variant_touch(struct store *base, const char *image_id, const char *plan,
-                             int64_t now_ms)
-{
-    store_local_touch(&S(base)->local, image_id, plan, now_ms);
-}
-
 /* Appends t (n bytes) to a PostgreSQL array literal being built, quoted. */
 static void array_add(GString *a, const char *t, size_t n)
 {
@@ -598,7 +580,7 @@ static int pg_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
 {
     struct pg_store *s = S(base);
     *evicted = 0;
-    GHashTable *pending = store_local_take_touches(&s->local);
+    GHashTable *pending = store_local_take_touches(s->base.local);
 
     int out = -1;
     PGconn *c = pg_acquire(s->pool, err);
@@ -777,7 +759,7 @@ static int pg_job_enqueue(struct store *base, struct store_job *job, const char 
     if (rc == 1)
         rc = util_error_set(err, UTIL_ERR_UNAVAILABLE, "this Idempotency-Key is in use; retry");
     if (rc == 0 && !*existing)
-        jobs_signal(s);
+        store_local_ready(s->base.local);
     return rc;
 }
 
@@ -849,8 +831,6 @@ static int pg_job_claim(struct store *base, const char *owner, int64_t lease_ms,
     if (PQntuples(r) == 1) {
         read_job(r, 0, out);
         *got = true;
-        /* There may be more: the next idle worker looks (local.h). */
-        jobs_signal(s);
     }
     PQclear(r);
     return 0;
@@ -961,7 +941,7 @@ static int pg_job_release(struct store *base, const char *id, const char *owner,
         return -1;
     if (n == 0)
         return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
-    jobs_signal(s);
+    store_local_ready(s->base.local);
     return 0;
 }
 
@@ -1024,7 +1004,7 @@ static int pg_job_rescue(struct store *base, int *requeued, int *failed, struct 
     *requeued = (int)pg_int(r, 0, 1);
     PQclear(r);
     if (*requeued > 0)
-        jobs_signal(s);
+        store_local_ready(s->base.local);
     return 0;
 }
 
@@ -1088,26 +1068,6 @@ static int pg_job_counts(struct store *base, int64_t counts[5], struct util_erro
     return 0;
 }
 
-static uint64_t pg_job_signals(struct store *base)
-{
-    return store_local_signals(&S(base)->local);
-}
-
-static void pg_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
-{
-    store_local_wait(&S(base)->local, seen, timeout_ms);
-}
-
-static void pg_job_wake(struct store *base)
-{
-    store_local_signal(&S(base)->local);
-}
-
-static void pg_on_job_done(struct store *base, store_job_done_fn fn, void *arg)
-{
-    store_local_on_done(&S(base)->local, fn, arg);
-}
-
 static void pg_close(struct store *base)
 {
     struct pg_store *s = S(base);
@@ -1122,7 +1082,7 @@ static void pg_close(struct store *base)
     if (s->stop_fd >= 0)
         close(s->stop_fd);
     pg_pool_free(s->pool);
-    store_local_destroy(&s->local);
+    store_local_free(s->base.local);
     free(s);
 }
 
@@ -1139,7 +1099,6 @@ static const struct store_ops PG_OPS = {
     .blob_referenced = pg_blob_referenced,
     .variant_get = pg_variant_get,
     .variant_put = pg_variant_put,
-    .variant_touch = pg_variant_touch,
     .variant_trim = pg_variant_trim,
     .job_enqueue = pg_job_enqueue,
     .job_get = pg_job_get,
@@ -1154,10 +1113,6 @@ static const struct store_ops PG_OPS = {
     .idempotency_expire = pg_idempotency_expire,
     .job_next_run_at = pg_job_next_run_at,
     .job_counts = pg_job_counts,
-    .job_signals = pg_job_signals,
-    .job_wait = pg_job_wait,
-    .job_wake = pg_job_wake,
-    .on_job_done = pg_on_job_done,
 };
 
 struct store *store_postgres_open(const char *url, int max_connections, struct util_error *err)
@@ -1169,7 +1124,11 @@ struct store *store_postgres_open(const char *url, int max_connections, struct u
     }
     s->base.ops = &PG_OPS;
     s->stop_fd = -1;
-    store_local_init(&s->local);
+    s->base.local = store_local_new();
+    if (s->base.local == NULL) {
+        util_error_set(err, UTIL_ERR_INTERNAL, "out of memory");
+        goto fail;
+    }
     s->pool = pg_pool_new(url, max_connections, err);
     if (s->pool == NULL)
         goto fail;

@@ -28,7 +28,6 @@ struct sqlite_store {
     pthread_mutex_t lock;    /* guards idle[] */
     sqlite3 *idle[POOL_MAX]; /* connections not in use */
     int nidle;
-    struct store_local local; /* job signals, the done callback, touches */
 };
 
 /* Schema versions, applied in order, each in its own transaction. */
@@ -503,18 +502,12 @@ static int sq_variant_put(struct store *base, const struct store_variant *v, str
     return n < 0 ? -1 : 0;
 }
 
-static void sq_variant_touch(struct store *base, const char *image_id, const char *plan,
-                             int64_t now_ms)
-{
-    store_local_touch(&((struct sqlite_store *)base)->local, image_id, plan, now_ms);
-}
-
 static int sq_variant_trim(struct store *base, int64_t max_bytes, int *evicted,
                            struct util_error *err)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
     *evicted = 0;
-    GHashTable *pending = store_local_take_touches(&s->local);
+    GHashTable *pending = store_local_take_touches(s->base.local);
 
     sqlite3 *db = acquire(s, err);
     int out = -1;
@@ -765,7 +758,7 @@ static int sq_job_enqueue(struct store *base, struct store_job *job, const char 
     if (exec(db, "COMMIT", err, "queueing a job") != 0)
         goto done;
     out = 0;
-    store_local_ready(&s->local);
+    store_local_ready(s->base.local);
 done:
     sqlite3_finalize(st);
     release(s, db);
@@ -869,8 +862,6 @@ static int sq_job_claim(struct store *base, const char *owner, int64_t lease_ms,
     }
     *got = true;
     rc_out = 0;
-    /* There may be more: the next idle worker looks (local.h). */
-    store_local_ready(&s->local);
 done:
     sqlite3_finalize(st);
     release(s, db);
@@ -933,7 +924,7 @@ static int sq_job_complete(struct store *base, const char *id, const char *owner
 done:
     release(s, db);
     if (out == 0)
-        store_local_done(&s->local, id);
+        store_local_done(s->base.local, id);
     return out;
 }
 
@@ -978,9 +969,9 @@ static int sq_job_fail(struct store *base, const char *id, const char *owner, in
     release(s, db);
     if (out == 0) {
         if (final)
-            store_local_done(&s->local, id);
+            store_local_done(s->base.local, id);
         else
-            store_local_ready(&s->local);
+            store_local_ready(s->base.local);
     }
     return out;
 }
@@ -1004,7 +995,7 @@ static int sq_job_release(struct store *base, const char *id, const char *owner,
         return -1;
     if (n == 0)
         return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
-    store_local_ready(&s->local);
+    store_local_ready(s->base.local);
     return 0;
 }
 
@@ -1034,7 +1025,7 @@ static int sq_job_cancel(struct store *base, const char *id, struct store_job *o
     }
     release(s, db);
     if (rc == 0)
-        store_local_done(&s->local, id);
+        store_local_done(s->base.local, id);
     return rc;
 }
 
@@ -1089,9 +1080,9 @@ done:
     release(s, db);
     if (out == 0) {
         if (*requeued > 0)
-            store_local_ready(&s->local);
+            store_local_ready(s->base.local);
         for (guint i = 0; i < finals->len; i++)
-            store_local_done(&s->local, g_ptr_array_index(finals, i));
+            store_local_done(s->base.local, g_ptr_array_index(finals, i));
     }
     g_ptr_array_free(finals, TRUE);
     return out;
@@ -1152,30 +1143,10 @@ static int sq_job_counts(struct store *base, int64_t counts[5], struct util_erro
     return out;
 }
 
-static uint64_t sq_job_signals(struct store *base)
-{
-    return store_local_signals(&((struct sqlite_store *)base)->local);
-}
-
-static void sq_job_wait(struct store *base, uint64_t seen, int64_t timeout_ms)
-{
-    store_local_wait(&((struct sqlite_store *)base)->local, seen, timeout_ms);
-}
-
-static void sq_job_wake(struct store *base)
-{
-    store_local_signal(&((struct sqlite_store *)base)->local);
-}
-
-static void sq_on_job_done(struct store *base, store_job_done_fn fn, void *arg)
-{
-    store_local_on_done(&((struct sqlite_store *)base)->local, fn, arg);
-}
-
 static void sq_close(struct store *base)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
-    store_local_destroy(&s->local);
+    store_local_free(s->base.local);
     for (int i = 0; i < s->nidle; i++)
         sqlite3_close(s->idle[i]);
     pthread_mutex_destroy(&s->lock);
@@ -1196,7 +1167,6 @@ static const struct store_ops SQLITE_OPS = {
     .blob_referenced = sq_blob_referenced,
     .variant_get = sq_variant_get,
     .variant_put = sq_variant_put,
-    .variant_touch = sq_variant_touch,
     .variant_trim = sq_variant_trim,
     .job_enqueue = sq_job_enqueue,
     .job_get = sq_job_get,
@@ -1211,10 +1181,6 @@ static const struct store_ops SQLITE_OPS = {
     .idempotency_expire = sq_idempotency_expire,
     .job_next_run_at = sq_job_next_run_at,
     .job_counts = sq_job_counts,
-    .job_signals = sq_job_signals,
-    .job_wait = sq_job_wait,
-    .job_wake = sq_job_wake,
-    .on_job_done = sq_on_job_done,
 };
 
 struct store *store_sqlite_open(const char *path, struct util_error *err)
@@ -1226,8 +1192,13 @@ struct store *store_sqlite_open(const char *path, struct util_error *err)
     }
     s->base.ops = &SQLITE_OPS;
     s->path = strdup(path);
-    store_local_init(&s->local);
+    s->base.local = store_local_new();
     pthread_mutex_init(&s->lock, NULL);
+    if (s->path == NULL || s->base.local == NULL) {
+        util_error_set(err, UTIL_ERR_INTERNAL, "out of memory");
+        sq_close(&s->base);
+        return NULL;
+    }
     /* Open one connection now so a bad path fails at start, not later. */
     sqlite3 *db = conn_open(s, err);
     if (db == NULL) {

@@ -1,6 +1,7 @@
 /* Store dispatch (store.h): picks the backend from the database URL. */
 #include <string.h>
 
+#include "store/local.h"
 #include "store/store.h"
 
 bool store_url_is_postgres(const char *url)
@@ -85,7 +86,7 @@ int store_variant_put(struct store *s, const struct store_variant *v, struct uti
 
 void store_variant_touch(struct store *s, const char *image_id, const char *plan, int64_t now_ms)
 {
-    s->ops->variant_touch(s, image_id, plan, now_ms);
+    store_local_touch(s->local, image_id, plan, now_ms);
 }
 
 int store_variant_trim(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err)
@@ -114,7 +115,12 @@ int store_job_list(struct store *s, int status, int64_t before_seq, int limit,
 int store_job_claim(struct store *s, const char *owner, int64_t lease_ms, struct store_job *out,
                     bool *got, struct util_error *err)
 {
-    return s->ops->job_claim(s, owner, lease_ms, out, got, err);
+    int rc = s->ops->job_claim(s, owner, lease_ms, out, got, err);
+    /* There may be more: the next idle worker of this process looks
+     * (local.h), so a burst wakes workers one by one while there is work. */
+    if (rc == 0 && *got)
+        store_local_ready(s->local);
+    return rc;
 }
 
 int store_job_heartbeat(struct store *s, const char *id, const char *owner, int attempt,
@@ -157,22 +163,22 @@ int64_t store_job_next_run_at(struct store *s)
 
 uint64_t store_job_signals(struct store *s)
 {
-    return s->ops->job_signals(s);
+    return store_local_signals(s->local);
 }
 
 void store_job_wait(struct store *s, uint64_t seen, int64_t timeout_ms)
 {
-    s->ops->job_wait(s, seen, timeout_ms);
+    store_local_wait(s->local, seen, timeout_ms);
 }
 
 void store_job_wake(struct store *s)
 {
-    s->ops->job_wake(s);
+    store_local_signal(s->local);
 }
 
 void store_on_job_done(struct store *s, store_job_done_fn fn, void *arg)
 {
-    s->ops->on_job_done(s, fn, arg);
+    store_local_on_done(s->local, fn, arg);
 }
 
 int store_job_counts(struct store *s, int64_t counts[5], struct util_error *err)

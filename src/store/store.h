@@ -98,7 +98,6 @@ struct store_ops {
     int (*variant_get)(struct store *s, const char *image_id, const char *plan,
                        struct store_variant *out, struct util_error *err);
     int (*variant_put)(struct store *s, const struct store_variant *v, struct util_error *err);
-    void (*variant_touch)(struct store *s, const char *image_id, const char *plan, int64_t now_ms);
     int (*variant_trim)(struct store *s, int64_t max_bytes, int *evicted, struct util_error *err);
     int (*job_enqueue)(struct store *s, struct store_job *job, const char *idem_key,
                        const char *idem_hash, int64_t jobs_max, bool *existing,
@@ -124,14 +123,13 @@ struct store_ops {
                               struct util_error *err);
     int64_t (*job_next_run_at)(struct store *s);
     int (*job_counts)(struct store *s, int64_t counts[5], struct util_error *err);
-    uint64_t (*job_signals)(struct store *s);
-    void (*job_wait)(struct store *s, uint64_t seen, int64_t timeout_ms);
-    void (*job_wake)(struct store *s);
-    void (*on_job_done)(struct store *s, store_job_done_fn fn, void *arg);
 };
+
+struct store_local;
 
 struct store {
     const struct store_ops *ops; /* the backend */
+    struct store_local *local;   /* in-process signals, callback, touches (local.h) */
 };
 
 /* Opens the database named by url ("sqlite:PATH" or "postgres://...").
