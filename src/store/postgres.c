@@ -308,10 +308,7 @@ static int pg_schema_check(struct store *base, struct util_error *err)
     int64_t v = pg_int(r, 0, 0);
     PQclear(r);
     if (v < NMIGRATIONS)
-        return util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                              "the database schema is version %lld, this binary needs %d: "
-                              "run image-server migrate",
-                              (long long)v, NMIGRATIONS);
+        return store_schema_outdated(err, v, NMIGRATIONS);
     return 0;
 }
 

@@ -264,10 +264,7 @@ static int sq_schema_check(struct store *base, struct util_error *err)
     sqlite3_finalize(st);
     release(s, db);
     if (v < NMIGRATIONS)
-        return util_error_set(err, UTIL_ERR_INVALID_OPERATION,
-                              "the database schema is version %lld, this binary needs %d: "
-                              "run image-server migrate",
-                              (long long)v, NMIGRATIONS);
+        return store_schema_outdated(err, v, NMIGRATIONS);
     return 0;
 }
 

@@ -199,3 +199,11 @@ int store_job_cancel_refused(const struct store_job *job, struct util_error *err
                           : job->status == STORE_JOB_FAILED  ? "failed"
                                                              : "been canceled");
 }
+
+int store_schema_outdated(struct util_error *err, int64_t have, int want)
+{
+    return util_error_set(err, UTIL_ERR_INVALID_OPERATION,
+                          "the database schema is version %lld, this binary needs %d: run "
+                          "image-server migrate",
+                          (long long)have, want);
+}

@@ -238,6 +238,9 @@ int store_job_release(struct store *s, const char *id, const char *owner, int at
  * UTIL_ERR_CONFLICT for a finished job (*out still filled). */
 int store_job_cancel(struct store *s, const char *id, struct store_job *out,
                      struct util_error *err);
+/* For backends: the UTIL_ERR_INVALID_OPERATION of a schema at version
+ * `have` when this binary needs `want`. */
+int store_schema_outdated(struct util_error *err, int64_t have, int want);
 /* For backends: the UTIL_ERR_CONFLICT of a cancel on a finished job. */
 int store_job_cancel_refused(const struct store_job *job, struct util_error *err);
 /* Sweeper: running jobs whose lease expired go back to queued, or to failed

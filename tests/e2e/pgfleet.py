@@ -73,8 +73,11 @@ def migrate(url, binary=None):
     return r.stdout.decode()
 
 
-class Api(Server):
-    """One `image-server api` process."""
+class FleetProcess(Server):
+    """One `image-server api` or `worker` process (`command`); a worker's
+    port serves /healthz and /metrics."""
+
+    command = None
 
     def __init__(self, database, blobs, extra_args=(), **kw):
         self.database = database
@@ -82,22 +85,16 @@ class Api(Server):
         super().__init__(extra_args=extra_args, **kw)
 
     def args(self, port):
-        return [self.binary, 'api', '--listen', '127.0.0.1:%d' % port,
+        return [self.binary, self.command, '--listen', '127.0.0.1:%d' % port,
                 '--database', self.database, '--blobs', self.blobs] + self.extra_args
 
 
-class Worker(Server):
-    """One `image-server worker` process; its port serves /healthz and
-    /metrics."""
+class Api(FleetProcess):
+    command = 'api'
 
-    def __init__(self, database, blobs, extra_args=(), **kw):
-        self.database = database
-        self.blobs = blobs
-        super().__init__(extra_args=extra_args, **kw)
 
-    def args(self, port):
-        return [self.binary, 'worker', '--listen', '127.0.0.1:%d' % port,
-                '--database', self.database, '--blobs', self.blobs] + self.extra_args
+class Worker(FleetProcess):
+    command = 'worker'
 
 
 def wait_jobs(api, ids, timeout):
