@@ -37,6 +37,18 @@ static void report(const char *what, int64_t *us, int n)
            us[n / 2], us[n * 9 / 10], us[n * 99 / 100]);
 }
 
+/* A 1x1 PNG's row: the bench stores no bytes. */
+static void fake_image(struct store_image *img, int seed)
+{
+    memset(img, 0, sizeof(*img));
+    util_id_new(img->id);
+    snprintf(img->sha256, sizeof(img->sha256), "%064d", seed);
+    snprintf(img->format, sizeof(img->format), "png");
+    img->width = img->height = img->pages = 1;
+    img->bytes = 100;
+    img->orientation = 1;
+}
+
 static void die(const char *what, const struct util_error *err)
 {
     fprintf(stderr, "queue_bench: %s: %s\n", what, err->detail);
@@ -75,13 +87,8 @@ static int64_t claim_complete(const char *owner, bool heartbeat, int64_t *comple
         if (store_job_heartbeat(g_store, job.id, owner, job.attempts, 30000, &held, &err) != 0)
             die("heartbeat", &err);
     }
-    struct store_image res = {0};
-    util_id_new(res.id);
-    snprintf(res.sha256, sizeof(res.sha256), "%064d", 0);
-    snprintf(res.format, sizeof(res.format), "png");
-    res.width = res.height = res.pages = 1;
-    res.bytes = 100;
-    res.orientation = 1;
+    struct store_image res;
+    fake_image(&res, 0);
     int64_t t2 = util_monotonic_us();
     if (store_job_complete(g_store, job.id, owner, job.attempts, &res, &err) != 0)
         die("complete", &err);
@@ -115,13 +122,8 @@ int main(int argc, char **argv)
     g_store = store_open_sized(argv[1], threads + 2, &err);
     if (g_store == NULL || store_migrate(g_store, &err) != 0)
         die("open", &err);
-    struct store_image img = {0};
-    util_id_new(img.id);
-    snprintf(img.sha256, sizeof(img.sha256), "%064d", 1);
-    snprintf(img.format, sizeof(img.format), "png");
-    img.width = img.height = img.pages = 1;
-    img.bytes = 100;
-    img.orientation = 1;
+    struct store_image img;
+    fake_image(&img, 1);
     if (store_image_insert(g_store, &img, &err) != 0)
         die("image", &err);
     snprintf(g_image, sizeof(g_image), "%s", img.id);

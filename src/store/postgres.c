@@ -755,8 +755,6 @@ static int pg_job_enqueue(struct store *base, struct store_job *job, const char 
     pg_release(s->pool, c);
     if (rc == 1)
         rc = util_error_set(err, UTIL_ERR_UNAVAILABLE, "this Idempotency-Key is in use; retry");
-    if (rc == 0 && !*existing)
-        store_local_ready(s->base.local);
     return rc;
 }
 
@@ -872,7 +870,7 @@ static int pg_job_complete(struct store *base, const char *id, const char *owner
     if (n < 0)
         goto done;
     if (n == 0) {
-        util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
+        store_lease_lost(err, id);
         goto done;
     }
     if (insert_image(c, result, err, "storing a job's result") != 0 ||
@@ -916,7 +914,7 @@ static int pg_job_fail(struct store *base, const char *id, const char *owner, in
     int n = PQntuples(r);
     PQclear(r);
     if (n == 0)
-        return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
+        return store_lease_lost(err, id);
     return 0;
 }
 
@@ -937,8 +935,7 @@ static int pg_job_release(struct store *base, const char *id, const char *owner,
     if (n < 0)
         return -1;
     if (n == 0)
-        return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
-    store_local_ready(s->base.local);
+        return store_lease_lost(err, id);
     return 0;
 }
 
@@ -1000,8 +997,6 @@ static int pg_job_rescue(struct store *base, int *requeued, int *failed, struct 
     *failed = (int)pg_int(r, 0, 0);
     *requeued = (int)pg_int(r, 0, 1);
     PQclear(r);
-    if (*requeued > 0)
-        store_local_ready(s->base.local);
     return 0;
 }
 

@@ -755,7 +755,6 @@ static int sq_job_enqueue(struct store *base, struct store_job *job, const char 
     if (exec(db, "COMMIT", err, "queueing a job") != 0)
         goto done;
     out = 0;
-    store_local_ready(s->base.local);
 done:
     sqlite3_finalize(st);
     release(s, db);
@@ -909,7 +908,7 @@ static int sq_job_complete(struct store *base, const char *id, const char *owner
     if (n < 0)
         goto done;
     if (n == 0) {
-        util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
+        store_lease_lost(err, id);
         goto done;
     }
     result->created_at_ms = now;
@@ -954,7 +953,7 @@ static int sq_job_fail(struct store *base, const char *id, const char *owner, in
     int out = -1;
     bool final = false;
     if (n == 0) {
-        util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
+        store_lease_lost(err, id);
     } else if (n > 0) {
         struct store_job j;
         if (job_read(db, id, &j, err) == 0) {
@@ -964,12 +963,8 @@ static int sq_job_fail(struct store *base, const char *id, const char *owner, in
         out = 0;
     }
     release(s, db);
-    if (out == 0) {
-        if (final)
-            store_local_done(s->base.local, id);
-        else
-            store_local_ready(s->base.local);
-    }
+    if (out == 0 && final)
+        store_local_done(s->base.local, id);
     return out;
 }
 
@@ -991,8 +986,7 @@ static int sq_job_release(struct store *base, const char *id, const char *owner,
     if (n < 0)
         return -1;
     if (n == 0)
-        return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", id);
-    store_local_ready(s->base.local);
+        return store_lease_lost(err, id);
     return 0;
 }
 
@@ -1076,8 +1070,6 @@ static int sq_job_rescue(struct store *base, int *requeued, int *failed, struct 
 done:
     release(s, db);
     if (out == 0) {
-        if (*requeued > 0)
-            store_local_ready(s->base.local);
         for (guint i = 0; i < finals->len; i++)
             store_local_done(s->base.local, g_ptr_array_index(finals, i));
     }

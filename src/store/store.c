@@ -98,7 +98,10 @@ int store_job_enqueue(struct store *s, struct store_job *job, const char *idem_k
                       const char *idem_hash, int64_t jobs_max, bool *existing,
                       struct util_error *err)
 {
-    return s->ops->job_enqueue(s, job, idem_key, idem_hash, jobs_max, existing, err);
+    int rc = s->ops->job_enqueue(s, job, idem_key, idem_hash, jobs_max, existing, err);
+    if (rc == 0 && !*existing)
+        store_local_ready(s->local); /* an idle worker of this process looks */
+    return rc;
 }
 
 int store_job_get(struct store *s, const char *id, struct store_job *out, struct util_error *err)
@@ -138,7 +141,10 @@ int store_job_complete(struct store *s, const char *id, const char *owner, int a
 int store_job_fail(struct store *s, const char *id, const char *owner, int attempt, bool retry,
                    int64_t backoff_ms, const char *type, const char *detail, struct util_error *err)
 {
-    return s->ops->job_fail(s, id, owner, attempt, retry, backoff_ms, type, detail, err);
+    int rc = s->ops->job_fail(s, id, owner, attempt, retry, backoff_ms, type, detail, err);
+    if (rc == 0)
+        store_local_ready(s->local); /* requeued: a worker sleeps until its run_at */
+    return rc;
 }
 
 int store_job_cancel(struct store *s, const char *id, struct store_job *out, struct util_error *err)
@@ -148,7 +154,10 @@ int store_job_cancel(struct store *s, const char *id, struct store_job *out, str
 
 int store_job_rescue(struct store *s, int *requeued, int *failed, struct util_error *err)
 {
-    return s->ops->job_rescue(s, requeued, failed, err);
+    int rc = s->ops->job_rescue(s, requeued, failed, err);
+    if (rc == 0 && *requeued > 0)
+        store_local_ready(s->local);
+    return rc;
 }
 
 int store_idempotency_expire(struct store *s, int64_t older_than_ms, int *n, struct util_error *err)
@@ -189,7 +198,10 @@ int store_job_counts(struct store *s, int64_t counts[5], struct util_error *err)
 int store_job_release(struct store *s, const char *id, const char *owner, int attempt,
                       struct util_error *err)
 {
-    return s->ops->job_release(s, id, owner, attempt, err);
+    int rc = s->ops->job_release(s, id, owner, attempt, err);
+    if (rc == 0)
+        store_local_ready(s->local);
+    return rc;
 }
 
 int store_job_cancel_refused(const struct store_job *job, struct util_error *err)
@@ -206,4 +218,9 @@ int store_schema_outdated(struct util_error *err, int64_t have, int want)
                           "the database schema is version %lld, this binary needs %d: run "
                           "image-server migrate",
                           (long long)have, want);
+}
+
+int store_lease_lost(struct util_error *err, const char *job_id)
+{
+    return util_error_set(err, UTIL_ERR_CONFLICT, "the lease on job %s is no longer held", job_id);
 }

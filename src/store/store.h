@@ -241,6 +241,8 @@ int store_job_cancel(struct store *s, const char *id, struct store_job *out,
 /* For backends: the UTIL_ERR_INVALID_OPERATION of a schema at version
  * `have` when this binary needs `want`. */
 int store_schema_outdated(struct util_error *err, int64_t have, int want);
+/* For backends: the UTIL_ERR_CONFLICT of a fenced transition. */
+int store_lease_lost(struct util_error *err, const char *job_id);
 /* For backends: the UTIL_ERR_CONFLICT of a cancel on a finished job. */
 int store_job_cancel_refused(const struct store_job *job, struct util_error *err);
 /* Sweeper: running jobs whose lease expired go back to queued, or to failed
