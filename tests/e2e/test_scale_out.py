@@ -128,13 +128,19 @@ def fleet_run(blobs_kind, njobs, kill_one):
 
     killed = None
     if kill_one:
-        # Wait until worker 0 holds a job, then kill it mid-run.
-        victim = workers[0]
-        ok = harness.wait_until(lambda: owner_running(url, victim.pid) > 0, 60, 0.005)
-        assert ok, 'worker 0 never held a job'
-        killed = victim.pid
-        victim.kill9()
-        workers.append(Worker(url, blobs, wargs))
+        # Kill a worker while it holds a job. Jobs are short: if it finished
+        # between our look and the kill, the database shows no job of its
+        # own left running, so try again with the next worker.
+        for k in range(6):
+            victim = workers[k]
+            ok = harness.wait_until(lambda: owner_running(url, victim.pid) > 0, 60, 0.005)
+            assert ok, 'worker %d never held a job' % k
+            victim.kill9()
+            workers.append(Worker(url, blobs, wargs))
+            if owner_running(url, victim.pid) > 0:
+                killed = victim.pid
+                break
+        assert killed, 'no worker was killed while holding a job'
 
     done = pgfleet.wait_jobs(apis[1], jobs, timeout=300)
     total_s = time.monotonic() - t0
